@@ -1,0 +1,420 @@
+"""Render the drift report: one self-contained HTML file (inline CSS and SVG, no scripts, no external assets).
+
+The input is the JSON-able dict described in :func:`render_report`. Optional parts may be missing or hold
+None/NaN: the matching plot or row then shows "–" or a short note instead of failing the whole report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
+
+from . import svgplot as sp
+from .svgplot import Series, fmt_num, num
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("projection", "rotation", "accessibility")
+FAMILY_TITLES = {"projection": "Projection on the Assistant Axis", "rotation": "Axis rotation",
+                 "accessibility": "Persona accessibility"}
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("drift_suite", "templates"), autoescape=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt_num
+    return env
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _at(values: Any, i: int) -> Any:
+    seq = _list(values)
+    return seq[i] if 0 <= i < len(seq) else None
+
+
+def _layer_of(subject: Any) -> int | None:
+    m = re.search(r"-?\d+", str(subject))
+    return int(m.group()) if m else None
+
+
+def _sigmas_text(value: Any) -> str:
+    try:
+        if math.isinf(float(value)):
+            return "∞"  # zero noise floor: any change is infinitely many σ
+    except (TypeError, ValueError):
+        pass
+    return fmt_num(value, 2)
+
+
+def _check_row(c: dict[str, Any]) -> dict[str, Any]:
+    unit = str(c.get("unit") or "")
+
+    def with_unit(v: Any) -> str:
+        text = fmt_num(v, 4)
+        return text + unit if text != "–" else text
+
+    return {
+        "family": c.get("family", "–"), "subject": c.get("subject", "–"),
+        "step": "–" if c.get("step") is None else c.get("step"),
+        "value": with_unit(c.get("value")), "expected": with_unit(c.get("expected")),
+        "sigmas": _sigmas_text(c.get("sigmas")), "threshold": with_unit(c.get("threshold")),
+        "passed": bool(c.get("passed")), "message": c.get("message", ""),
+    }
+
+
+def _family_meaning(family: str, checks: list[dict[str, Any]], data: dict[str, Any]) -> str:
+    """One plain-language sentence per metric family for the summary."""
+    failed = [c for c in checks if not c.get("passed")]
+    worst = max(checks, key=lambda c: num(c.get("sigmas")) if num(c.get("sigmas")) is not None else math.inf, default=None)
+    if not checks:
+        return "Not checked in this run."
+    if family == "projection":
+        if not failed:
+            return (f"The default assistant sits where it did on the Assistant Axis at all {len(checks)} asserted layers "
+                    f"(largest change {_sigmas_text(worst.get('sigmas'))}σ).")
+        toward = sum((num(c.get("value")) or 0) < (num(c.get("expected")) or 0) for c in failed)
+        direction = ("toward the role-playing end (less assistant-like)" if toward * 2 >= len(failed)
+                     else "further toward the assistant end")
+        return (f"The default assistant moved along the Assistant Axis {direction} at {len(failed)} of {len(checks)} "
+                f"asserted layers ({', '.join(str(c.get('subject')) for c in failed)}).")
+    if family == "rotation":
+        degs = [num(c.get("value")) for c in checks if num(c.get("value")) is not None]
+        biggest = f"{fmt_num(max(degs), 2)}°" if degs else "–"
+        if not failed:
+            return f"The Assistant Axis kept its direction: at most {biggest} of rotation, within the noise threshold."
+        return (f"The Assistant Axis itself turned at {len(failed)} of {len(checks)} asserted layers (up to {biggest}): "
+                "the meaning of 'assistant-like' changed, not only the model's position.")
+    up = [c for c in failed if (num(c.get("value")) or 1.0) > 1.0]
+    down = [c for c in failed if c not in up]
+    if not failed:
+        return f"All {len(checks)} personas are as easy to role-play as at baseline (ratio ≈ 1 within tolerance)."
+    parts = []
+    if up:
+        parts.append(f"{len(up)} became easier to slip into ({', '.join(str(c.get('subject')) for c in up[:6])})")
+    if down:
+        parts.append(f"{len(down)} became harder ({', '.join(str(c.get('subject')) for c in down[:6])})")
+    return f"Of {len(checks)} personas, " + " and ".join(parts) + "."
+
+
+def _safe(name: str, build: Callable[[], str | None]) -> Markup | None:
+    """Run one plot builder; a broken optional section becomes a note instead of losing the whole report."""
+    try:
+        svg = build()
+    except Exception as exc:  # noqa: BLE001 - any malformed input should degrade, not crash
+        log.warning("report plot %s skipped: %s", name, exc)
+        return Markup('<p class="note">Plot unavailable: {}</p>').format(f"{type(exc).__name__}: {exc}")
+    # svgplot escapes every text it emits, so its output is trusted markup.
+    return Markup(svg) if svg else None
+
+
+def _band(center: Sequence[Any], half: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    lo, hi = [], []
+    for c, h in zip(center, half):
+        c, h = num(c), num(h)
+        lo.append(None if c is None or h is None else c - h)
+        hi.append(None if c is None or h is None else c + h)
+    return lo, hi
+
+
+def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """All plots in report order; each with an anchor id, title, caption and SVG (or None when absent)."""
+    layers = data.get("layers") or {}
+    proj, rot = data.get("projection") or {}, data.get("rotation") or {}
+    acc, prof = data.get("accessibility") or {}, data.get("layer_profile") or {}
+    n_layers = max(len(_list(proj.get("baseline"))), len(_list(rot.get("deg"))), len(_list(prof.get("shift_over_axis"))))
+    all_layers = _list(layers.get("all")) or list(range(n_layers))
+    asserted = [l for l in _list(layers.get("asserted")) if num(l) is not None]
+    plots: list[dict[str, Any]] = []
+
+    def projection() -> str | None:
+        base, ckpt, thr = _list(proj.get("baseline")), _list(proj.get("checkpoint")), _list(proj.get("threshold"))
+        if not base:
+            return None
+        flags = [i in asserted and None not in (num(_at(ckpt, i)), num(_at(base, i)), num(_at(thr, i)))
+                 and abs(num(ckpt[i]) - num(base[i])) > num(thr[i]) for i in range(len(all_layers))]
+        return sp.line_chart(all_layers, [Series("baseline", base, color=sp.MUTED, dash=True, markers=False),
+                                          Series("checkpoint", ckpt, color=sp.PALETTE[1], flags=flags)],
+                             band=_band(base, thr), band_label="baseline ± threshold", highlight_x=asserted,
+                             title="Default persona's projection on the Assistant Axis", xlabel="layer",
+                             ylabel="projection", width=1100, height=340)
+
+    def rotation() -> str | None:
+        deg, thr = _list(rot.get("deg")), _list(rot.get("threshold"))
+        if not deg:
+            return None
+        flags = [i in asserted and num(_at(deg, i)) is not None and num(_at(thr, i)) is not None
+                 and num(deg[i]) > num(thr[i]) for i in range(len(deg))]
+        return sp.line_chart(all_layers, [Series("rotation", deg, color=sp.PALETTE[0], flags=flags),
+                                          Series("threshold", thr, color=sp.FAIL_COLOR, dash=True, markers=False)],
+                             inner_band=([0.0] * len(all_layers), _list(rot.get("noise")) or [None] * len(all_layers)),
+                             inner_label="noise floor (1σ)", highlight_x=asserted, title="Rotation of the Assistant Axis",
+                             xlabel="layer", ylabel="angle to baseline axis (°)")
+
+    def accessibility() -> str | None:
+        roles, ratio, thr = _list(acc.get("roles")), _list(acc.get("ratio")), _list(acc.get("threshold"))
+        if not roles:
+            return None
+        flags = [num(_at(ratio, i)) is not None and num(_at(thr, i)) is not None
+                 and abs(num(ratio[i]) - 1.0) > num(thr[i]) for i in range(len(roles))]
+        return sp.bar_chart(roles, [_at(ratio, i) for i in range(len(roles))], tolerance=[_at(thr, i) for i in range(len(roles))],
+                            flags=flags, title="Persona accessibility (checkpoint ÷ baseline), largest change first",
+                            xlabel="accessibility ratio (1 = unchanged)", width=1100)
+
+    def layer_profile() -> str | None:
+        shift, deg = _list(prof.get("shift_over_axis")), _list(prof.get("rotation_deg"))
+        if not shift and not deg:
+            return None
+        return sp.dual_axis_chart([Series("|shift| / axis length", shift, x=all_layers[:len(shift)], color=sp.PALETTE[1])],
+                                  [Series("rotation (°)", deg, x=all_layers[:len(deg)], color=sp.PALETTE[0], dash=True)],
+                                  title="Which layers moved most", xlabel="layer", left_label="|shift| / ‖axis‖",
+                                  right_label="rotation (°)")
+
+    def heat() -> str | None:
+        by_layer, roles = _list(acc.get("by_layer")), _list(acc.get("roles"))
+        if not by_layer:
+            return None
+        return sp.heatmap(by_layer, roles, all_layers, center=1.0, span=max(0.3, _max_dev(by_layer, 1.0)),
+                          title="Accessibility by role and layer", xlabel="layer", legend_label="ratio (1 = unchanged)")
+
+    plots += [
+        {"id": "projection", "title": "(1) Projection per layer", "svg": _safe("projection", projection), "wide": True,
+         "caption": "Where the default assistant sits on the baseline Assistant Axis at each layer. The shaded band is the "
+                    "baseline ± threshold; ▲ marks asserted layers, red rings are failing points. Lower = closer to the "
+                    "role-playing personas."},
+        {"id": "rotation", "title": "(2) Rotation per layer", "svg": _safe("rotation", rotation), "wide": False,
+         "caption": "Angle between the baseline and checkpoint Assistant Axis. Above the dashed threshold the axis itself changed."},
+        {"id": "layer-profile", "title": "(3) Layer profile", "svg": _safe("layer-profile", layer_profile), "wide": False,
+         "caption": "Projection shift relative to the axis length, and rotation, per layer: where the change concentrates."},
+        {"id": "accessibility", "title": "(4) Persona accessibility", "svg": _safe("accessibility", accessibility), "wide": True,
+         "caption": "How far each persona prompt still moves the model, relative to baseline. >1: easier to slip into the "
+                    "persona; <1: harder. Shaded = tolerance."},
+        {"id": "accessibility-heatmap", "title": "(5) Accessibility by layer", "svg": _safe("accessibility-heatmap", heat),
+         "wide": True, "caption": "The same ratio per role and layer: red = more accessible, blue = less."},
+    ]
+    traj = data.get("trajectory")
+    if traj:
+        plots += _trajectory_plots(traj, all_layers)
+    return plots
+
+
+def _max_dev(matrix: Sequence[Sequence[Any]], center: float) -> float:
+    devs = [abs(v - center) for row in matrix for v in (num(x) for x in _list(row)) if v is not None]
+    return max(devs, default=0.0)
+
+
+def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[str, Any]]:
+    steps = _list(traj.get("steps"))
+    target = traj.get("target_layer")
+    t_idx = all_layers.index(target) if target in all_layers else (target if isinstance(target, int) else 0)
+    shift = _list(traj.get("projection_shift"))
+    thr = _list(traj.get("projection_threshold"))
+    noise = _list(traj.get("noise_projection"))
+    spear = traj.get("spearman") or {}
+    shift_t = [_at(row, t_idx) for row in shift]
+
+    def pca() -> str | None:
+        p = traj.get("pca") or {}
+        ev = _list(p.get("explained_variance"))
+        xl = f"PC1 ({fmt_num((num(_at(ev, 0)) or math.nan) * 100, 3)}% var.)" if ev else "PC1"
+        yl = f"PC2 ({fmt_num((num(_at(ev, 1)) or math.nan) * 100, 3)}% var.)" if ev else "PC2"
+        if not p.get("persona_xy") and not p.get("steps_xy"):
+            return None
+        return sp.trajectory_chart(_list(p.get("steps_xy")), [f"step {s}" for s in steps], _list(p.get("persona_xy")),
+                                   _list(p.get("persona_names")), title="Persona space (PCA of baseline role means)",
+                                   xlabel=xl, ylabel=yl, width=1100, height=480)
+
+    def shift_vs_step() -> str | None:
+        if not shift:
+            return None
+        t, n = num(_at(thr, t_idx)), num(_at(noise, t_idx))
+        zeros = [0.0] * len(steps)
+        flags = [t is not None and num(v) is not None and abs(num(v)) > t for v in shift_t]
+        return sp.line_chart(steps, [Series(f"shift at layer {target}", shift_t, color=sp.PALETTE[1], flags=flags)],
+                             band=_band(zeros, [t] * len(steps)), band_label="± threshold",
+                             inner_band=_band(zeros, [n] * len(steps)), inner_label="± noise (1σ)",
+                             hlines=[(0.0, "")], title=f"Projection shift over training (layer {target})",
+                             xlabel="training step", ylabel="projection shift", xticks=[s for s in steps if num(s) is not None],
+                             width=1100, height=300)
+
+    def reward_drift() -> str | None:
+        rlog = traj.get("reward_log") or {}
+        left = []
+        if _list(rlog.get("reward")):
+            left.append(Series("reward (log)", _list(rlog.get("reward")), x=_list(rlog.get("steps")), color=sp.PALETTE[2],
+                               markers=False, width=1.5))
+        if _list(traj.get("reward")):
+            left.append(Series("reward at checkpoints", _list(traj.get("reward")), x=steps, color=sp.PALETTE[2], width=0))
+        drift = [None if num(v) is None else abs(num(v)) for v in shift_t]
+        right = [Series(f"|shift| layer {target}", drift, x=steps, color=sp.PALETTE[1])] if drift else []
+        if not left and not right:
+            return None
+        return sp.dual_axis_chart(left, right, title="Reward and drift over training", xlabel="training step",
+                                  left_label="reward", right_label="|projection shift|", note=_spearman_text(spear),
+                                  width=1100, height=320)
+
+    def layer_step() -> str | None:
+        if not shift:
+            return None
+        ratio = [[None if num(v) is None or not num(_at(thr, j)) else num(v) / num(thr[j]) for j, v in enumerate(_list(row))]
+                 for row in shift]
+        return sp.heatmap(ratio, [f"step {s}" for s in steps], all_layers, center=0.0, span=max(1.5, _max_dev(ratio, 0.0)),
+                          mark_abs_over=1.0, title="Projection shift ÷ threshold, per layer and step", xlabel="layer",
+                          legend_label="shift / threshold", cell_height=24)
+
+    return [
+        {"id": "trajectory", "title": "(6) Trajectory in persona space", "svg": _safe("trajectory", pca), "wide": True,
+         "caption": "Baseline persona means projected on their first two principal components; the path is the "
+                    "default assistant at each training step."},
+        {"id": "shift-vs-step", "title": "(7) Projection shift vs step", "svg": _safe("shift-vs-step", shift_vs_step),
+         "wide": True, "caption": "Drift of the default persona at the target layer; outside the outer band the check fails."},
+        {"id": "reward-drift", "title": "(8) Reward and drift", "svg": _safe("reward-drift", reward_drift), "wide": True,
+         "caption": _spearman_text(spear, long=True)},
+        {"id": "layer-step", "title": "(9) Layer × step", "svg": _safe("layer-step", layer_step), "wide": True,
+         "caption": "Projection shift relative to its threshold: beyond ±1 (dots) a check at that layer would fail."},
+    ]
+
+
+def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
+    rho = num(spear.get("rho")) if spear else None
+    if rho is None:
+        return "Spearman ρ: – (not enough steps)" if long else "ρ = –"
+    ci = _list(spear.get("ci"))
+    ci_text = f"[{fmt_num(_at(ci, 0), 2)}, {fmt_num(_at(ci, 1), 2)}]"
+    short = f"Spearman ρ = {fmt_num(rho, 2)}, 95% CI {ci_text}, n = {spear.get('n', '–')}"
+    if not long:
+        return short
+    lo, hi = num(_at(ci, 0)), num(_at(ci, 1))
+    verdict = ("the CI excludes 0: drift tracks reward" if lo is not None and hi is not None and (lo > 0 or hi < 0)
+               else "the CI includes 0: no clear link between reward and drift")
+    return f"{short} between reward and {spear.get('drift_metric', 'drift')}; {verdict}."
+
+
+def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The research questions, each answered from the checks and pointing at its plots."""
+    def family_answer(family: str, yes: str, no: str) -> tuple[str, str]:
+        checks = by_family.get(family, [])
+        if not checks:
+            return "n/a", "Not checked in this run."
+        failed = [c for c in checks if not c.get("passed")]
+        return ("yes", yes.format(n=len(failed), t=len(checks))) if failed else ("no", no.format(t=len(checks)))
+
+    traj = data.get("trajectory") or {}
+    spear = traj.get("spearman") if traj else None
+    if not traj:
+        corr = ("n/a", "Needs a training trajectory (several checkpoints with rewards); this run checked one checkpoint.")
+    elif not spear or num(spear.get("rho")) is None:
+        corr = ("n/a", "Too few steps with both reward and drift to estimate a correlation.")
+    else:
+        ci = _list(spear.get("ci"))
+        lo, hi = num(_at(ci, 0)), num(_at(ci, 1))
+        corr = ("yes" if lo is not None and hi is not None and (lo > 0 or hi < 0) else "unclear", _spearman_text(spear, long=True))
+    prof = (data.get("layer_profile") or {}).get("shift_over_axis")
+    vals = [(num(v), i) for i, v in enumerate(_list(prof)) if num(v) is not None]
+    if vals:
+        top = sorted(vals, reverse=True)[:3]
+        total = sum(v for v, _ in vals) or 1.0
+        share = sum(v for v, _ in top) / total
+        layers = _list((data.get("layers") or {}).get("all")) or list(range(len(_list(prof))))
+        names = ", ".join(str(_at(layers, i)) for _, i in sorted(top, key=lambda t: t[1]))
+        concentrated = share > 3 / max(len(vals), 1) * 2  # top 3 carry twice their even share
+        detail = f"largest relative shift at layers {names} ({fmt_num(share * 100, 2)}% of the total over {len(vals)} layers)."
+        layer_checks = by_family.get("projection", []) + by_family.get("rotation", [])
+        if not any(not c.get("passed") for c in layer_checks):
+            # Where noise happens to peak says nothing about where RL acts.
+            layer_ans = ("no", "Nothing moved beyond noise, so there is no effect to localise; " + detail)
+        else:
+            layer_ans = ("yes" if concentrated else "no", detail[0].upper() + detail[1:])
+    else:
+        layer_ans = ("n/a", "No layer profile in this run.")
+    return [
+        {"q": "Does RL shift the model in persona space?", "links": [("projection", "(1)"), ("shift-vs-step", "(7)")],
+         **dict(zip(("status", "answer"), family_answer(
+             "projection", "Yes: projection checks fail at {n} of {t} asserted layers.",
+             "No: the projection stays within threshold at all {t} asserted layers.")))},
+        {"q": "Does the Assistant Axis rotate?", "links": [("rotation", "(2)")],
+         **dict(zip(("status", "answer"), family_answer(
+             "rotation", "Yes: the axis rotated beyond threshold at {n} of {t} asserted layers.",
+             "No: rotation stays within threshold at all {t} asserted layers.")))},
+        {"q": "Do personas become more or less accessible?", "links": [("accessibility", "(4)"), ("accessibility-heatmap", "(5)")],
+         **dict(zip(("status", "answer"), family_answer(
+             "accessibility", "Yes: {n} of {t} personas changed beyond tolerance.",
+             "No: all {t} personas are within tolerance.")))},
+        {"q": "Does reward correlate with drift?", "links": [("reward-drift", "(8)")], "status": corr[0], "answer": corr[1]},
+        {"q": "Are the effects layer-specific?", "links": [("layer-profile", "(3)"), ("layer-step", "(9)")],
+         # Layer-specificity is a description, not a failure: neutral colour either way.
+         "status": layer_ans[0], "answer": layer_ans[1], "cls": "info" if layer_ans[0] != "n/a" else "na"},
+    ]
+
+
+def _samples(data: dict[str, Any]) -> list[dict[str, Any]]:
+    samples = data.get("samples") or {}
+    base, ckpt = samples.get("baseline") or {}, samples.get("checkpoint") or {}
+    out = []
+    for persona in list(base) + [p for p in ckpt if p not in base]:
+        b, c = _list(base.get(persona)), _list(ckpt.get(persona))
+        pairs = [(_at(b, i), _at(c, i)) for i in range(max(len(b), len(c)))]
+        out.append({"persona": persona, "pairs": pairs})
+    return out
+
+
+def build_context(data: dict[str, Any]) -> dict[str, Any]:
+    """Everything the template needs, with numbers formatted and plots rendered to SVG."""
+    checks = [c for c in _list(data.get("checks")) if isinstance(c, dict)]
+    by_family = {f: [c for c in checks if c.get("family") == f] for f in FAMILIES}
+    failed = [c for c in checks if not c.get("passed")]
+    verdict = str(data.get("verdict") or ("FAIL" if failed else "PASS")).upper()
+    families = [{"name": f, "title": FAMILY_TITLES[f], "total": len(by_family[f]),
+                 "failed": sum(not c.get("passed") for c in by_family[f]),
+                 "meaning": _family_meaning(f, by_family[f], data)} for f in FAMILIES]
+    # Failed first, worst (most σ) first within each group.
+    ordered = sorted(checks, key=lambda c: (bool(c.get("passed")), -(num(c.get("sigmas")) if num(c.get("sigmas")) is not None else math.inf)))
+    rows = [_check_row(c) for c in ordered]
+    plots = _plots(data)
+    traj = data.get("trajectory") or {}
+    return {
+        "title": data.get("title") or "Assistant-Axis drift report",
+        "created": data.get("created") or "",
+        "verdict": verdict,
+        "checkpoint": data.get("checkpoint") or "–",
+        "baseline_dir": data.get("baseline_dir") or "–",
+        "model": data.get("model") or {},
+        "persona_set": data.get("persona_set") or {},
+        "thresholds": data.get("thresholds") or {},
+        "timings": data.get("timings") or {},
+        "versions": data.get("versions") or {},
+        "layers": data.get("layers") or {},
+        "n_failed": len(failed), "n_total": len(checks),
+        "families": families,
+        "failed_rows": [r for r in rows if not r["passed"]],
+        "passed_rows": [r for r in rows if r["passed"]],
+        "questions": _questions(data, by_family),
+        "plots": plots,
+        "plot_ids": {p["id"] for p in plots},
+        "samples": _samples(data),
+        "baseline_update": _list(data.get("baseline_update")),
+        "trajectory": bool(traj),
+        "worst_step": (traj.get("worst_step") or {}) if traj else {},
+        "steps": _list(traj.get("steps")) if traj else [],
+    }
+
+
+def render_report(data: dict[str, Any], path: str | Path) -> Path:
+    """Write the report for ``data`` (see the module docstring and ``report_example``) as one HTML file.
+
+    Returns the path written. Parent directories are created. Model text is autoescaped by jinja2.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    html = _env().get_template("report.html.j2").render(**build_context(data))
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,192 @@
+"""The HTML report: self-contained, escaped, every plot present, tolerant of missing and NaN values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from drift_suite import svgplot
+from drift_suite.report import build_context, render_report
+from drift_suite.report_example import example_report_data
+
+BASE_ANCHORS = ["projection", "rotation", "accessibility", "layer-profile", "accessibility-heatmap"]
+TRAJECTORY_ANCHORS = ["trajectory", "shift-vs-step", "reward-drift", "layer-step"]
+XSS = "<script>alert(1)</script>"
+
+
+def _render(tmp_path: Path, data: dict, name: str = "report.html") -> str:
+    out = render_report(data, tmp_path / name)
+    assert out.exists()
+    return out.read_text(encoding="utf-8")
+
+
+def _assert_self_contained(html: str) -> None:
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', html, re.I), "external asset referenced"
+    assert "<script" not in html.lower(), "the report needs no scripts"
+    assert "<link" not in html.lower()
+
+
+@pytest.mark.parametrize("with_trajectory", [True, False])
+@pytest.mark.parametrize("failing", [True, False])
+def test_render_example(tmp_path: Path, with_trajectory: bool, failing: bool) -> None:
+    data = example_report_data(with_trajectory=with_trajectory, failing=failing)
+    html = _render(tmp_path, data)
+    _assert_self_contained(html)
+    for anchor in BASE_ANCHORS:
+        assert f'id="{anchor}"' in html
+        assert f'<figure id="{anchor}"' in html and "No data for this plot" not in html
+    for anchor in TRAJECTORY_ANCHORS:
+        assert (f'id="{anchor}"' in html) == with_trajectory
+    assert "Plot unavailable" not in html
+    assert html.count("<svg") >= len(BASE_ANCHORS) + (len(TRAJECTORY_ANCHORS) if with_trajectory else 0)
+    assert data["verdict"] == ("FAIL" if failing else "PASS")
+    assert f'class="banner {data["verdict"]}"' in html
+    assert "The four questions" in html and "Sample responses" in html and "Run info" in html
+    n_failed = sum(not c["passed"] for c in data["checks"])
+    assert f"{n_failed} / {len(data['checks'])}" in html
+
+
+def test_failed_checks_listed_first(tmp_path: Path) -> None:
+    ctx = build_context(example_report_data())
+    assert ctx["failed_rows"] and all(not r["passed"] for r in ctx["failed_rows"])
+    assert all(r["passed"] for r in ctx["passed_rows"])
+    html = _render(tmp_path, example_report_data())
+    first_fail, first_pass = html.find("pill fail\">FAIL"), html.find("pill pass\">PASS")
+    assert 0 < first_fail < first_pass
+
+
+def test_model_text_is_escaped(tmp_path: Path) -> None:
+    data = example_report_data()
+    data["samples"]["checkpoint"]["default"][0]["answer"] = f"Sure! {XSS} & more"
+    data["samples"]["baseline"]["pirate"][0]["system"] = '"><img src=x onerror=alert(2)>'
+    data["accessibility"]["roles"][0] = "<b>evil</b>"
+    data["checkpoint"] = "<i>ckpt</i>"
+    html = _render(tmp_path, data)
+    assert XSS not in html and "<img src=x" not in html and "<b>evil</b>" not in html and "<i>ckpt</i>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;evil&lt;/b&gt;" in html  # escaped inside the SVG bar labels too
+
+
+def test_json_roundtrip(tmp_path: Path) -> None:
+    """The data dict arrives as JSON from other code; infinities become floats again and must render."""
+    data = json.loads(json.dumps(example_report_data()))
+    data["checks"][0]["sigmas"] = float("inf")
+    html = _render(tmp_path, data)
+    assert "∞" in html
+
+
+def test_nan_and_missing_values(tmp_path: Path) -> None:
+    data = example_report_data()
+    nan = float("nan")
+    data["projection"]["checkpoint"][3] = nan
+    data["projection"]["baseline"][5] = None
+    data["rotation"]["deg"] = [nan] * len(data["rotation"]["deg"])
+    data["accessibility"]["ratio"][2] = None
+    data["accessibility"]["by_layer"][1][4] = nan
+    data["checks"][0].update(value=nan, sigmas=nan, deviation=None)
+    data["trajectory"]["spearman"] = {"rho": None, "ci": [nan, nan], "drift_metric": "x", "n": 1}
+    data["trajectory"]["reward"] = [None] * 5
+    data["trajectory"]["pca"]["steps_xy"][2] = [nan, None]
+    data["timings"]["compare"] = nan
+    html = _render(tmp_path, data)
+    assert "–" in html
+    assert "nan" not in html.lower().replace("nanoseconds", "")
+    assert "Plot unavailable" not in html
+    # A broken optional section degrades to a note instead of failing the report.
+    data["layer_profile"] = {"shift_over_axis": "garbage", "rotation_deg": 5}
+    data["trajectory"]["projection_shift"] = [[object()]]
+    html = _render(tmp_path, data, "broken.html")
+    assert "Sample responses" in html
+
+
+def test_minimal_data(tmp_path: Path) -> None:
+    html = _render(tmp_path, {})
+    _assert_self_contained(html)
+    assert "PASS" in html and "No checks were run" in html
+    html = _render(tmp_path, {"verdict": "FAIL", "checks": [{"family": "rotation", "subject": "layer 3", "passed": False}],
+                              "trajectory": None}, "min2.html")
+    assert 'class="banner FAIL"' in html and "1 / 1" in html
+
+
+def test_svgplot_helpers() -> None:
+    assert svgplot.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert svgplot.nice_ticks(3, 3)  # degenerate range still gives ticks
+    assert svgplot.fmt_num(float("nan")) == "–" and svgplot.fmt_num(None) == "–" and svgplot.fmt_num(-0.0) == "0"
+    assert svgplot.diverging_color(5, 0, 1) == "#b2182b" and svgplot.diverging_color(0, 0, 1) == "#f7f7f7"
+    label = "<x&y>"
+    charts = [
+        svgplot.line_chart([0, 1, 2], [svgplot.Series(label, [1, None, 3], flags=[True, False, False])], title=label),
+        svgplot.bar_chart([label, "b"], [1.2, math.nan], tolerance=0.1, title=label),
+        svgplot.heatmap([[1, math.nan]], [label], [0, 1], center=1.0, title=label),
+        svgplot.trajectory_chart([[0, 0], [1, 1]], ["s0", label], [[0.5, 0.5]], [label], title=label),
+        svgplot.dual_axis_chart([svgplot.Series(label, [1, 2])], [svgplot.Series("r", [3, 1])], note=label),
+    ]
+    for svg in charts:
+        assert svg.startswith("<svg") and svg.endswith("</svg>")
+        assert label not in svg and "&lt;x&amp;y&gt;" in svg
+    assert charts[0].count("M") >= 2  # the None breaks the line into two segments
+
+
+def _png_stats(path: Path) -> tuple[int, int, int]:
+    """(width, height, distinct colours in a sample of rows) from a PNG, with plain zlib."""
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, ihdr = 8, b"", b""
+    while pos < len(raw):
+        length, kind = struct.unpack(">I4s", raw[pos:pos + 8])
+        chunk = raw[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            ihdr = chunk
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", ihdr[:10])
+    assert depth == 8 and colour in (2, 6)
+    bpp = 3 if colour == 2 else 4
+    data = zlib.decompress(idat)
+    stride = width * bpp
+    colours: set[bytes] = set()
+    prev = bytearray(stride)
+    for y in range(height):
+        ftype = data[y * (stride + 1)]
+        line = bytearray(data[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):  # undo PNG row filters so pixel values are real
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 255
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 255
+            elif ftype == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        if y % 97 == 0:
+            colours.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp * 7))
+        prev = line
+    return width, height, len(colours)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
+def test_screenshot(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("screenshot_report",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    png = tmp_path / "report.png"
+    assert module.main(["-o", str(png), "--height", "2400"]) == 0
+    assert png.stat().st_size > 20_000
+    width, height, colours = _png_stats(png)
+    assert (width, height) == (1280, 2400)
+    assert colours > 20, "screenshot looks blank"
