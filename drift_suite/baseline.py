@@ -1,0 +1,266 @@
+"""Baselines on disk: a JSON manifest plus a safetensors file of tensors (and a JSON file of sample answers).
+
+Layout of a baseline dir::
+
+    manifest.json                  what was measured, how, and which data files hold it
+    baseline-<hash>.safetensors    default_mean (L,H), role_means (R,L,H), noise floors, embedding fingerprint
+    samples-<hash>.json            a few generated answers per persona (for the report)
+
+Writes are atomic: the data files get new content-addressed names, then ``manifest.json`` is replaced in
+one ``os.replace``, the commit point; a crash at any moment leaves a manifest whose files exist.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from . import __version__
+from .conversations import Design
+from .errors import BaselineError
+from .extract import GenerationSettings
+from .measure import Measurement
+from .metrics import NoiseFloor, angle_deg, assistant_axis, bootstrap_noise_floor, project
+from .personas import DEFAULT_ROLE, PersonaSet
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FINGERPRINT_MIN_COSINE = 0.9
+"""Below this cosine between embedding fingerprints, a checkpoint is from another model, not a fine-tune."""
+
+
+@dataclass
+class Baseline:
+    manifest: dict[str, Any]
+    default_mean: np.ndarray
+    role_means: np.ndarray
+    noise: NoiseFloor
+    embed_fingerprint: np.ndarray
+    samples: dict[str, list[dict[str, str]]]
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.manifest["persona_set"]["roles"])
+
+    @property
+    def asserted_layers(self) -> list[int]:
+        return list(self.manifest["layers"]["asserted"])
+
+    @property
+    def axis(self) -> np.ndarray:
+        return assistant_axis(self.default_mean, self.role_means)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["model"]["num_layers"])
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"drift_suite": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def create_baseline(
+    measurement: Measurement,
+    persona_set: PersonaSet,
+    design: Design,
+    settings: GenerationSettings,
+    asserted_layers: list[int],
+    embed_fingerprint: np.ndarray,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> Baseline:
+    """A baseline from a measurement of the reference model, with its noise floor."""
+    noise = bootstrap_noise_floor(
+        measurement.means, measurement.labels, measurement.roles, DEFAULT_ROLE, asserted_layers, n_boot, seed
+    )
+    axis = measurement.axis
+    info = measurement.model_info
+    manifest = {
+        "format": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {**info, "weights_sha256": measurement.weights_digest},
+        "persona_set": {
+            "name": persona_set.name,
+            "persona_hash": persona_set.persona_hash(),
+            "question_hash": persona_set.question_hash(),
+            "roles": measurement.roles,
+            "n_questions": len(persona_set.questions),
+        },
+        "design": design.to_dict(),
+        "generation": settings.key_dict(),
+        "n_conversations": int(len(measurement.labels)),
+        "mean_answer_tokens": float(np.mean(measurement.token_counts)),
+        "layers": {"asserted": list(asserted_layers)},
+        "noise_floor": {
+            "method": "stratified bootstrap over conversations within each persona",
+            "n_boot": n_boot,
+            "seed": seed,
+            "projection_over_axis_norm": [float(x) for x in noise.projection / np.linalg.norm(axis, axis=-1)],
+            "angle_deg": [float(x) for x in noise.angle_deg],
+        },
+        "axis_norm": [float(x) for x in np.linalg.norm(axis, axis=-1)],
+        "versions": _versions(),
+    }
+    return Baseline(manifest, measurement.default_mean, measurement.role_means, noise, embed_fingerprint, measurement.samples())
+
+
+def _tensors(baseline: Baseline) -> dict[str, np.ndarray]:
+    return {
+        "default_mean": baseline.default_mean.astype(np.float32),
+        "role_means": baseline.role_means.astype(np.float32),
+        "noise_projection": baseline.noise.projection.astype(np.float32),
+        "noise_angle_deg": baseline.noise.angle_deg.astype(np.float32),
+        "noise_accessibility": baseline.noise.accessibility.astype(np.float32),
+        "embed_fingerprint": baseline.embed_fingerprint.astype(np.float32),
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_baseline(baseline: Baseline, directory: str | Path) -> Path:
+    """Write ``baseline`` into ``directory`` atomically; returns the manifest path."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = _tensors(baseline)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tensors.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        content_hash = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()[:16]
+        tensor_name = f"baseline-{content_hash}.safetensors"
+        os.replace(tmp, folder / tensor_name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    samples_bytes = json.dumps(baseline.samples, indent=1, ensure_ascii=False).encode()
+    samples_name = f"samples-{hashlib.sha256(samples_bytes).hexdigest()[:16]}.json"
+    _atomic_write_bytes(folder / samples_name, samples_bytes)
+    manifest = {**baseline.manifest, "files": {"tensors": tensor_name, "samples": samples_name}}
+    manifest_path = folder / MANIFEST
+    _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode() + b"\n")
+    baseline.manifest = manifest
+    for stale in list(folder.glob("baseline-*.safetensors")) + list(folder.glob("samples-*.json")):
+        if stale.name not in (tensor_name, samples_name):
+            stale.unlink()
+    return manifest_path
+
+
+def update_command(directory: str | Path, checkpoint: str = "<reference model>") -> str:
+    return f"pytest suites/ --checkpoint {checkpoint} --update-baselines --baseline-dir {directory}"
+
+
+def load_baseline(directory: str | Path, checkpoint_hint: str = "<reference model>") -> Baseline:
+    """Read a baseline; every problem is a one-line :class:`BaselineError` that says how to fix it."""
+    folder = Path(directory)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BaselineError(f"no baseline in {folder}/ (no {MANIFEST}); create it with: {update_command(folder, checkpoint_hint)}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        fmt = manifest["format"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BaselineError(f"{manifest_path}: corrupt baseline manifest ({type(exc).__name__}: {exc}); regenerate with --update-baselines") from None
+    if fmt != FORMAT_VERSION:
+        raise BaselineError(f"{manifest_path}: baseline format {fmt}, this drift_suite reads format {FORMAT_VERSION}; regenerate with --update-baselines")
+    try:
+        tensors = load_file(str(folder / files["tensors"]))
+        samples = json.loads((folder / files["samples"]).read_text())
+        noise = NoiseFloor(
+            projection=tensors["noise_projection"],
+            angle_deg=tensors["noise_angle_deg"],
+            accessibility=tensors["noise_accessibility"],
+            n_boot=manifest["noise_floor"]["n_boot"],
+            seed=manifest["noise_floor"]["seed"],
+        )
+        baseline = Baseline(manifest, tensors["default_mean"], tensors["role_means"], noise, tensors["embed_fingerprint"], samples)
+    except FileNotFoundError as exc:
+        raise BaselineError(f"{folder}: baseline data file missing ({Path(exc.filename).name}); regenerate with --update-baselines") from None
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise BaselineError(f"{folder}: corrupt baseline data ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    layers, hidden = manifest["model"]["num_layers"], manifest["model"]["hidden_size"]
+    if baseline.default_mean.shape != (layers, hidden) or baseline.role_means.shape[0] != len(baseline.roles):
+        raise BaselineError(f"{folder}: baseline tensors do not match its manifest; regenerate with --update-baselines")
+    return baseline
+
+
+def check_compatible(
+    baseline: Baseline,
+    model_info: dict[str, Any],
+    persona_set: PersonaSet,
+    design: Design,
+    settings: GenerationSettings,
+    embed_fingerprint: np.ndarray,
+) -> None:
+    """Refuse to compare a checkpoint with a baseline made for another model, persona set or method."""
+    base_model = baseline.manifest["model"]
+    made_for = f"{base_model['model_id']} ({base_model['num_layers']} layers × {base_model['hidden_size']} hidden)"
+    if (model_info["num_layers"], model_info["hidden_size"]) != (base_model["num_layers"], base_model["hidden_size"]):
+        raise BaselineError(
+            f"baseline was made for {made_for}; this checkpoint has {model_info['num_layers']} layers × "
+            f"{model_info['hidden_size']} hidden: use its own --baseline-dir or --update-baselines"
+        )
+    if embed_fingerprint.shape == baseline.embed_fingerprint.shape:
+        cosine = float(
+            np.dot(embed_fingerprint.ravel(), baseline.embed_fingerprint.ravel())
+            / max(np.linalg.norm(embed_fingerprint) * np.linalg.norm(baseline.embed_fingerprint), 1e-12)
+        )
+    else:
+        cosine = 0.0
+    if cosine < FINGERPRINT_MIN_COSINE:
+        raise BaselineError(
+            f"baseline was made for {made_for}, and this checkpoint is not a fine-tune of it "
+            f"(embedding fingerprint cosine {cosine:.2f} < {FINGERPRINT_MIN_COSINE}): use its own --baseline-dir"
+        )
+    stored = baseline.manifest["persona_set"]
+    if stored["persona_hash"] != persona_set.persona_hash() or stored["question_hash"] != persona_set.question_hash():
+        raise BaselineError(
+            f"baseline was made with persona set {stored['name']!r} ({stored['persona_hash']}/{stored['question_hash']}), "
+            f"this run uses {persona_set.name!r} ({persona_set.persona_hash()}/{persona_set.question_hash()}): "
+            "pass the same --persona-set or --update-baselines"
+        )
+    if baseline.manifest["design"] != design.to_dict():
+        raise BaselineError(f"baseline design {baseline.manifest['design']} differs from this run's {design.to_dict()}: use the same design or --update-baselines")
+    if baseline.manifest["generation"] != settings.key_dict():
+        raise BaselineError(
+            f"baseline generation settings {baseline.manifest['generation']} differ from this run's {settings.key_dict()}: "
+            "use the same settings or --update-baselines"
+        )
+
+
+def describe_changes(old: Baseline, new: Baseline) -> list[str]:
+    """Lines saying what an update changed, for the terminal summary."""
+    if old.default_mean.shape != new.default_mean.shape or old.roles != new.roles:
+        return ["baseline replaced (different model shape or persona set)"]
+    lines = []
+    shift = project(new.default_mean - old.default_mean, old.axis)
+    norm = np.linalg.norm(old.axis, axis=-1)
+    worst = int(np.argmax(np.abs(shift) / norm))
+    lines.append(f"default projection: largest change {shift[worst]:+.4g} ({abs(shift[worst]) / norm[worst]:.1%} of axis) at layer {worst}")
+    angles = angle_deg(old.axis, new.axis)
+    lines.append(f"axis rotation: largest {angles.max():.3g}° at layer {int(angles.argmax())}")
+    for key in ("model", "design", "generation", "layers"):
+        if old.manifest.get(key) != new.manifest.get(key):
+            lines.append(f"{key} changed")
+    return lines

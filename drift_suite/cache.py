@@ -1,0 +1,58 @@
+"""Content-addressed cache of per-conversation measurements, so nothing is measured twice.
+
+The key covers everything that changes the numbers: the weights' digest, the persona and question sets,
+the design, the generation settings, the dtype and the package version. Entries are safetensors files
+(tensors + string metadata): safe to load, never pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+DEFAULT_CACHE_DIR = Path(".drift_cache")
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable hex key for a JSON-able description of a measurement."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def atomic_save(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> None:
+    """Write a safetensors file so that a crash leaves either the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(cache_dir: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """The cached tensors and metadata for ``key``, or None (a corrupt entry counts as a miss)."""
+    path = cache_dir / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(str(path)), metadata
+    except Exception:  # a truncated or foreign file: measure again and overwrite it
+        return None
+
+
+def store(cache_dir: Path, key: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
+    path = cache_dir / f"{key}.safetensors"
+    atomic_save(tensors, metadata, path)
+    return path

@@ -1,0 +1,141 @@
+"""Compare a checkpoint's measurement with a baseline: one :class:`Check` per metric and layer or persona."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .baseline import Baseline
+from .config import Thresholds
+from .measure import Measurement
+from .metrics import accessibility, angle_deg, assistant_axis, project
+
+PROJECTION, ROTATION, ACCESSIBILITY = "projection", "rotation", "accessibility"
+
+
+@dataclass
+class Check:
+    """One asserted number: passes when ``|value - expected| <= threshold``."""
+
+    family: str
+    subject: str
+    """``"layer 12"`` or a persona name."""
+    value: float
+    expected: float
+    threshold: float
+    noise: float
+    """One noise-floor unit for this metric, so ``(value - expected) / noise`` reads in σ."""
+    unit: str = ""
+    step: int | None = None
+    detail: str = ""
+
+    @property
+    def deviation(self) -> float:
+        return abs(self.value - self.expected)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.deviation <= self.threshold)
+
+    @property
+    def sigmas(self) -> float:
+        return self.deviation / self.noise if self.noise > 0 else float("inf")
+
+    def message(self) -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        verdict = "drifted" if not self.passed else "within tolerance"
+        return (
+            f"{self.family} {self.subject}{where} {verdict}: {self.value:.4g}{self.unit} vs baseline "
+            f"{self.expected:.4g}{self.unit} (|Δ| = {self.deviation:.4g}{self.unit} = {self.sigmas:.1f}σ; "
+            f"threshold {self.threshold:.4g}{self.unit}){' ' + self.detail if self.detail else ''}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed, "sigmas": self.sigmas, "deviation": self.deviation}
+
+
+@dataclass
+class Comparison:
+    """All metrics of one checkpoint against the baseline, per layer (all layers) and per persona."""
+
+    projection_baseline: np.ndarray
+    """``(L,)`` the baseline default persona on the baseline axis."""
+    projection_checkpoint: np.ndarray
+    """``(L,)`` the checkpoint's default persona on the baseline axis."""
+    projection_threshold: np.ndarray
+    rotation_deg: np.ndarray
+    rotation_threshold: np.ndarray
+    accessibility: np.ndarray
+    """``(R,)`` ratio, 1.0 = as reachable as at baseline."""
+    accessibility_threshold: np.ndarray
+    accessibility_by_layer: np.ndarray
+    """``(R, L)`` the same ratio at each layer, for the report's heat map."""
+    checks: list[Check] = field(default_factory=list)
+    step: int | None = None
+
+    @property
+    def projection_shift(self) -> np.ndarray:
+        return self.projection_checkpoint - self.projection_baseline
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def checks_for(self, family: str) -> list[Check]:
+        return [c for c in self.checks if c.family == family]
+
+
+def compare(baseline: Baseline, measurement: Measurement, thresholds: Thresholds, step: int | None = None) -> Comparison:
+    """Every metric of ``measurement`` against ``baseline``; checks only at the baseline's asserted layers."""
+    axis = baseline.axis
+    axis_norm = np.linalg.norm(axis, axis=-1)
+    layers = baseline.asserted_layers
+    checkpoint_default, checkpoint_roles = measurement.default_mean, measurement.role_means
+    base_projection = project(baseline.default_mean, axis)
+    checkpoint_projection = project(checkpoint_default, axis)
+    noise = baseline.noise
+    projection_threshold = np.maximum(thresholds.k_sigma * noise.projection, thresholds.min_projection_frac * axis_norm)
+    rotation = angle_deg(axis, assistant_axis(checkpoint_default, checkpoint_roles))
+    rotation_threshold = np.maximum(thresholds.k_sigma * noise.angle_deg, thresholds.min_angle_deg)
+    access = accessibility(baseline.default_mean, baseline.role_means, checkpoint_default, checkpoint_roles, layers)
+    access_threshold = np.maximum(thresholds.k_sigma * noise.accessibility, thresholds.min_accessibility)
+    access_by_layer = np.stack(
+        [accessibility(baseline.default_mean, baseline.role_means, checkpoint_default, checkpoint_roles, [layer]) for layer in range(len(axis))],
+        axis=1,
+    )
+    checks = []
+    for layer in layers:
+        checks.append(
+            Check(
+                "projection", f"layer {layer}", float(checkpoint_projection[layer]), float(base_projection[layer]),
+                float(projection_threshold[layer]), float(noise.projection[layer]), step=step,
+                detail=f"[shift {(checkpoint_projection[layer] - base_projection[layer]) / axis_norm[layer]:+.1%} of axis length]",
+            )
+        )
+        checks.append(
+            Check(
+                "rotation", f"layer {layer}", float(rotation[layer]), 0.0, float(rotation_threshold[layer]),
+                float(noise.angle_deg[layer]), unit="°", step=step,
+            )
+        )
+    for index, role in enumerate(baseline.roles):
+        checks.append(
+            Check(
+                "accessibility", role, float(access[index]), 1.0, float(access_threshold[index]),
+                float(noise.accessibility[index]), step=step,
+            )
+        )
+    return Comparison(
+        projection_baseline=base_projection,
+        projection_checkpoint=checkpoint_projection,
+        projection_threshold=projection_threshold,
+        rotation_deg=rotation,
+        rotation_threshold=rotation_threshold,
+        accessibility=access,
+        accessibility_threshold=access_threshold,
+        accessibility_by_layer=access_by_layer,
+        checks=checks,
+        step=step,
+    )

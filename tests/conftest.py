@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny in-process models and checkpoint dirs (seconds), and the real demo model (slow)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import TINY_PERSONAS, save_tiny_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread_torch():
+    # Tiny models run faster on one thread, and tests stay fast when another process shares the cores.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_personas():
+    return TINY_PERSONAS
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture()
+def tiny(tiny_checkpoint):
+    from drift_suite.models import load_model
+
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct as a safetensors dir (written once; DRIFT_DEMO_MODEL reuses one)."""
+    from drift_suite.errors import CheckpointError
+    from drift_suite.models import write_demo_model
+
+    target = Path(os.environ.get("DRIFT_DEMO_MODEL", REPO / "demo" / "smollm2-135m-instruct"))
+    try:
+        return write_demo_model(target)
+    except CheckpointError as exc:
+        pytest.skip(str(exc))
