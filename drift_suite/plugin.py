@@ -1,0 +1,208 @@
+"""pytest plugin: options, session fixtures and the terminal summary, as thin glue over :mod:`drift_suite.runner`.
+
+Registered through the ``pytest11`` entry point. Nothing heavy is imported until a drift fixture is used,
+so the plugin costs nothing in test runs that do not use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .runner import DriftCheck, DriftOutcome
+
+_SESSION_KEY = pytest.StashKey["DriftSession"]()
+DEFAULT_REPORT = "reports/drift-report.html"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, got {text}")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("drift_suite", "drift_suite: Assistant-Axis persona drift gate")
+    group.addoption("--checkpoint", metavar="PATH_OR_ID",
+                    help="model to check: a checkpoint dir (full or LoRA adapter), a training run dir holding "
+                         "checkpoint-N/ dirs, or a hub id")
+    group.addoption("--base-model", metavar="PATH_OR_ID",
+                    help="base model for an adapter checkpoint (default: the adapter's base_model_name_or_path); "
+                         "for a run dir, the model --update-baselines measures")
+    group.addoption("--baseline-dir", metavar="DIR", default="baselines",
+                    help="directory of the baseline to compare with or write (default: baselines)")
+    group.addoption("--update-baselines", action="store_true",
+                    help="measure the reference model and (re)write the baseline, then check against it; "
+                         "the run passes unless the checkpoint drifted from the new baseline")
+    group.addoption("--persona-set", metavar="builtin|DIR",
+                    help="persona set: 'builtin' (default) or a dir in the upstream assistant-axis format")
+    group.addoption("--drift-report", metavar="PATH", default=DEFAULT_REPORT,
+                    help=f"where to write the HTML report (default: {DEFAULT_REPORT}); 'none' to skip it")
+    group.addoption("--drift-layers", metavar="auto|L1,L2,...",
+                    help="asserted layers when writing a baseline (default: [tool.drift_suite] layers or auto)")
+    group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
+                    help="noise-floor units a metric may move before it fails (default 4)")
+    group.addoption("--thorough", action="store_true", help="measure with the larger design (more conversations)")
+    group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
+                    help="cache of measurements keyed by weights + settings (default: .drift_cache)")
+    group.addoption("--no-drift-cache", action="store_true", help="measure again even when cached")
+    group.addoption("--use-4bit", action="store_true", help="load in 4-bit with bitsandbytes (needs CUDA)")
+    group.addoption("--trust-remote-code", action="store_true", help="allow the model repo's own Python code (off by default)")
+
+
+class DriftSession:
+    """State for one pytest run: the check (planned at collection) and its outcome (measured once)."""
+
+    def __init__(self, config: pytest.Config):
+        self.pytest_config = config
+        self._check: "DriftCheck | None" = None
+        self._outcome: "DriftOutcome | None" = None
+        self._error: str | None = None
+        self.report_path: Path | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.pytest_config.getoption("checkpoint") is not None
+
+    def check(self) -> "DriftCheck":
+        if self._check is None:
+            from dataclasses import replace
+
+            from .conversations import Design
+            from .config import load_config
+            from .runner import DriftCheck
+
+            option = self.pytest_config.getoption
+            checkpoint = option("checkpoint")
+            if checkpoint is None:
+                raise _usage("no model to check: pass --checkpoint PATH (e.g. pytest suites/ --checkpoint checkpoints/final)")
+            overrides: dict[str, Any] = {}
+            if option("drift_layers"):
+                overrides["layers"] = option("drift_layers")
+            if option("drift_k_sigma"):
+                overrides["thresholds"] = {"k_sigma": option("drift_k_sigma")}
+            config = load_config(Path(str(self.pytest_config.rootpath)), overrides)
+            if option("thorough"):
+                config = replace(config, design=Design.thorough())
+            self._check = DriftCheck(
+                checkpoint=checkpoint,
+                baseline_dir=option("baseline_dir"),
+                base_model=option("base_model"),
+                persona_set=option("persona_set") or config.persona_set,
+                config=config,
+                cache_dir=None if option("no_drift_cache") else option("drift_cache_dir"),
+                update_baseline=option("update_baselines"),
+                use_4bit=option("use_4bit"),
+                trust_remote_code=option("trust_remote_code"),
+            )
+        return self._check
+
+    def outcome(self) -> "DriftOutcome":
+        """Measure once per session; a user error becomes the same one-line failure in every drift test."""
+        from .errors import DriftSuiteError
+
+        if self._error is not None:
+            pytest.fail(self._error, pytrace=False)
+        if self._outcome is None:
+            try:
+                self._outcome = self.check().run()
+            except DriftSuiteError as exc:
+                self._error = f"drift_suite: {exc}"
+                pytest.fail(self._error, pytrace=False)
+        return self._outcome
+
+    def write_report(self) -> Path | None:
+        target = self.pytest_config.getoption("drift_report")
+        if self._outcome is None or not target or target == "none":
+            return None
+        from .report import render_report
+
+        self.report_path = render_report(self._outcome.to_report_data(), Path(target))
+        return self.report_path
+
+
+def _usage(message: str) -> Exception:
+    return pytest.UsageError(f"drift_suite: {message}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SESSION_KEY] = DriftSession(config)
+    config.addinivalue_line("markers", "drift: a test that reads the drift_suite measurement")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``drift_layer`` by the asserted layers and ``drift_persona`` by the persona set's roles."""
+    wanted = {"drift_layer", "drift_persona"} & set(metafunc.fixturenames)
+    if not wanted:
+        return
+    session: DriftSession = metafunc.config.stash[_SESSION_KEY]
+    from .errors import DriftSuiteError
+
+    try:
+        check = session.check()
+        layers = check.planned_layers() if "drift_layer" in wanted else []
+        roles = check.planned_roles() if "drift_persona" in wanted else []
+    except DriftSuiteError as exc:
+        raise _usage(str(exc)) from None
+    if "drift_layer" in wanted:
+        metafunc.parametrize("drift_layer", layers, ids=[f"layer{layer}" for layer in layers], scope="session")
+    if "drift_persona" in wanted:
+        metafunc.parametrize("drift_persona", roles, ids=roles, scope="session")
+
+
+@pytest.fixture(scope="session")
+def drift_session(request: pytest.FixtureRequest) -> DriftSession:
+    """The run's :class:`DriftSession`."""
+    return request.config.stash[_SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def drift(drift_session: DriftSession) -> "DriftOutcome":
+    """The measured outcome: ``drift.baseline``, ``drift.final.comparison``, ``drift.steps`` (runs), ``drift.gate_checks()``."""
+    return drift_session.outcome()
+
+
+@pytest.fixture(scope="session")
+def drift_checks(drift: "DriftOutcome") -> dict[tuple[str, str], Any]:
+    """Gate checks keyed by ``(family, subject)``: e.g. ``drift_checks["projection", "layer 12"]``."""
+    return {(check.family, check.subject): check for check in drift.gate_checks()}
+
+
+def assert_check(check: Any) -> None:
+    """Fail with the check's message (metric, layer/persona, value, baseline, threshold) and how to accept it."""
+    __tracebackhide__ = True
+    if not check.passed:
+        pytest.fail(f"{check.message()}\n  to accept this as the new reference: rerun with --update-baselines", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drift_session: DriftSession = session.config.stash[_SESSION_KEY]
+    drift_session.write_report()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    drift_session: DriftSession = config.stash[_SESSION_KEY]
+    outcome = drift_session._outcome
+    if outcome is None:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("drift_suite")
+    if outcome.baseline_update:
+        for line in outcome.baseline_update:
+            write(f"baseline: {line}")
+    failed = [c for c in outcome.gate_checks() if not c.passed]
+    total = len(outcome.gate_checks())
+    verdict = "PASS" if not failed else "FAIL"
+    write(f"verdict: {verdict} ({total - len(failed)}/{total} checks within tolerance) for {outcome.checkpoint}")
+    for check in failed[:5]:
+        write(f"  {check.message()}", red=True)
+    if len(failed) > 5:
+        write(f"  ... and {len(failed) - 5} more (see the report)")
+    timing = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome.timings.items())
+    write(f"timings: {timing}")
+    if drift_session.report_path is not None:
+        write(f"report: {drift_session.report_path.resolve().as_uri()}")

@@ -1,0 +1,299 @@
+"""The whole check without pytest: load → measure → compare with the baseline (or write it) → report data.
+
+``DriftCheck(checkpoint, baseline_dir).run()`` is what the pytest plugin and the CLI call. ``checkpoint``
+is one checkpoint (full or adapter dir, or hub id) or a training run dir holding ``checkpoint-N`` dirs;
+for a run, step 0 is the baseline itself (the base model measured the same way) and every checkpoint is
+measured and compared, the gate taking the worst step.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .baseline import Baseline, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
+from .compare import Check, Comparison, compare
+from .config import DriftConfig, resolve_layers
+from .errors import BaselineError, CheckpointError
+from .measure import Measurement, measure
+from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
+from .models import LoadedModel, embedding_fingerprint, find_run_checkpoints, is_run_dir, load_model, read_model_shape
+from .personas import PersonaSet, resolve_persona_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    step: int
+    checkpoint: str
+    comparison: Comparison
+    measurement: Measurement
+
+
+@dataclass
+class DriftOutcome:
+    """Everything a run found: the baseline, one comparison per checkpoint (one for a single checkpoint)."""
+
+    checkpoint: str
+    baseline_dir: str
+    baseline: Baseline
+    steps: list[StepResult]
+    config: DriftConfig
+    baseline_update: list[str] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    rewards: dict[int, float] = field(default_factory=dict)
+    """Mean logged training reward at each saved step (run dirs only)."""
+
+    @property
+    def is_run(self) -> bool:
+        return len(self.steps) > 1 or (bool(self.steps) and self.steps[0].step is not None)
+
+    @property
+    def final(self) -> StepResult:
+        return self.steps[-1]
+
+    def gate_checks(self) -> list[Check]:
+        """One check per (family, subject): the worst over steps, so the gate names the step that failed."""
+        worst: dict[tuple[str, str], Check] = {}
+        for result in self.steps:
+            for check in result.comparison.checks:
+                key = (check.family, check.subject)
+                ratio = check.deviation / check.threshold if check.threshold > 0 else float("inf")
+                current = worst.get(key)
+                if current is None or ratio > current.deviation / max(current.threshold, 1e-30):
+                    worst[key] = check
+        return list(worst.values())
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.gate_checks())
+
+    def to_report_data(self) -> dict[str, Any]:
+        from .report_data import build_report_data
+
+        return build_report_data(self)
+
+
+def read_reward_log(run_dir: str | Path) -> dict[int, float]:
+    """``{step: reward}`` from the trainer's ``log_history`` (the newest ``trainer_state.json`` in the run)."""
+    root = Path(run_dir)
+    candidates = [root / "trainer_state.json"] + [p / "trainer_state.json" for p in reversed(find_run_checkpoints(root).values())]
+    for path in candidates:
+        if path.is_file():
+            history = json.loads(path.read_text()).get("log_history", [])
+            return {int(entry["step"]): float(entry["reward"]) for entry in history if "reward" in entry and "step" in entry}
+    return {}
+
+
+def reward_at_steps(reward_log: dict[int, float], steps: list[int]) -> list[float | None]:
+    """The mean logged reward since the previous saved step, for each saved step."""
+    values: list[float | None] = []
+    previous = 0
+    for step in steps:
+        window = [r for s, r in reward_log.items() if previous < s <= step]
+        values.append(float(np.mean(window)) if window else None)
+        previous = step
+    return values
+
+
+class DriftCheck:
+    """Check a checkpoint or a run against a baseline; ``update_baseline=True`` writes the baseline instead."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        baseline_dir: str | Path = "baselines",
+        base_model: str | None = None,
+        persona_set: PersonaSet | str | Path | None = None,
+        config: DriftConfig = DriftConfig(),
+        cache_dir: str | Path | None = ".drift_cache",
+        update_baseline: bool = False,
+        use_4bit: bool = False,
+        trust_remote_code: bool = False,
+        progress: bool = True,
+    ):
+        self.checkpoint = str(checkpoint)
+        self.baseline_dir = Path(baseline_dir)
+        self.base_model = base_model
+        self.persona_set = persona_set if isinstance(persona_set, PersonaSet) else resolve_persona_set(persona_set or config.persona_set)
+        self.config = config
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.update_baseline = update_baseline
+        self.use_4bit = use_4bit
+        self.trust_remote_code = trust_remote_code
+        self.progress = progress
+
+    # -- planning (cheap: no weights) -------------------------------------------------------------------
+    def targets(self) -> list[tuple[int | None, str]]:
+        """``[(step, path)]`` to measure: one checkpoint, or every ``checkpoint-N`` of a run (plus ``final``)."""
+        if is_run_dir(self.checkpoint):
+            targets: list[tuple[int | None, str]] = [(step, str(path)) for step, path in find_run_checkpoints(self.checkpoint).items()]
+            return targets
+        return [(None, self.checkpoint)]
+
+    def reference_model(self) -> str:
+        """What ``--update-baselines`` measures: the checkpoint, or for a run its base model."""
+        if not is_run_dir(self.checkpoint):
+            return self.checkpoint
+        if self.base_model:
+            return self.base_model
+        manifest = Path(self.checkpoint) / "run_manifest.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text())["model"]
+        raise CheckpointError(f"{self.checkpoint}: a run dir without run_manifest.json; pass --base-model to update its baseline")
+
+    def planned_layers(self) -> list[int]:
+        """Asserted layers, known before any weights are loaded (for test parametrization)."""
+        if not self.update_baseline and (self.baseline_dir / "manifest.json").is_file():
+            try:
+                return load_baseline(self.baseline_dir).asserted_layers
+            except BaselineError:
+                pass
+        num_layers, _ = read_model_shape(self.reference_model() if self.update_baseline else self.targets()[0][1], self.base_model)
+        return resolve_layers(self.config.layers, num_layers)
+
+    def planned_roles(self) -> list[str]:
+        return self.persona_set.role_names
+
+    # -- work ------------------------------------------------------------------------------------------
+    def _load(self, spec: str) -> LoadedModel:
+        return load_model(
+            spec,
+            base_model=self.base_model,
+            dtype=getattr(torch, self.config.dtype),
+            use_4bit=self.use_4bit,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+    def _measure(self, loaded: LoadedModel, label: str) -> Measurement:
+        return measure(
+            loaded,
+            self.persona_set,
+            self.config.design,
+            self.config.generation,
+            cache_dir=self.cache_dir,
+            progress=f"measuring {label}" if self.progress else False,
+        )
+
+    def write_baseline(self) -> tuple[Baseline, list[str]]:
+        """Measure the reference model and write its baseline; returns it and what changed."""
+        start = time.perf_counter()
+        spec = self.reference_model()
+        loaded = self._load(spec)
+        load_s = time.perf_counter() - start
+        measurement = self._measure(loaded, Path(spec).name or spec)
+        layers = resolve_layers(self.config.layers, loaded.info.num_layers)
+        baseline = create_baseline(
+            measurement,
+            self.persona_set,
+            self.config.design,
+            self.config.generation,
+            layers,
+            embedding_fingerprint(loaded.model),
+            n_boot=self.config.n_boot,
+        )
+        try:
+            old = load_baseline(self.baseline_dir)
+            changes = describe_changes(old, baseline)
+        except BaselineError:
+            changes = ["new baseline"]
+        save_baseline(baseline, self.baseline_dir)
+        changes.append(f"written to {self.baseline_dir}/ ({measurement.labels.size} conversations, load {load_s:.1f}s, "
+                       f"measure {measurement.timings.get('generate_and_capture_s', 0):.1f}s)")
+        return baseline, changes
+
+    def run(self) -> DriftOutcome:
+        """Measure and compare every target; with ``update_baseline`` write the baseline first."""
+        timings: dict[str, float] = {}
+        update_lines = None
+        if self.update_baseline:
+            start = time.perf_counter()
+            baseline, update_lines = self.write_baseline()
+            timings["baseline_s"] = time.perf_counter() - start
+        else:
+            baseline = load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
+        steps = []
+        for step, path in self.targets():
+            start = time.perf_counter()
+            loaded = self._load(path)
+            timings[f"load {Path(path).name}"] = time.perf_counter() - start
+            check_compatible(
+                baseline, loaded.info.to_dict(), self.persona_set, self.config.design, self.config.generation,
+                embedding_fingerprint(loaded.model),
+            )
+            measurement = self._measure(loaded, Path(path).name)
+            timings[f"measure {Path(path).name}"] = sum(measurement.timings.values())
+            start = time.perf_counter()
+            comparison = compare(baseline, measurement, self.config.thresholds, step=step)
+            timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
+            steps.append(StepResult(step, path, comparison, measurement))
+            del loaded
+        rewards: dict[int, float] = {}
+        if is_run_dir(self.checkpoint):
+            log_by_step = read_reward_log(self.checkpoint)
+            rewards = dict(log_by_step)
+        return DriftOutcome(self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards)
+
+
+def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
+    """Drift over a run's steps (step 0 = baseline): per-step metrics, PCA path, reward ↔ drift."""
+    baseline = outcome.baseline
+    steps = [0] + [r.step for r in outcome.steps]
+    zero_layers = np.zeros(baseline.num_layers)
+    shifts = [zero_layers] + [r.comparison.projection_shift for r in outcome.steps]
+    rotations = [zero_layers] + [r.comparison.rotation_deg for r in outcome.steps]
+    access = [np.ones(len(baseline.roles))] + [r.comparison.accessibility for r in outcome.steps]
+    persona_vectors = np.concatenate([baseline.default_mean[None, target_layer], baseline.role_means[:, target_layer]])
+    mean, components = pca_fit(persona_vectors, 2)
+    persona_xy = pca_transform(persona_vectors, mean, components)
+    step_vectors = np.stack([baseline.default_mean[target_layer]] + [r.measurement.default_mean[target_layer] for r in outcome.steps])
+    steps_xy = pca_transform(step_vectors, mean, components)
+    from sklearn.decomposition import PCA
+
+    explained = PCA(n_components=2, svd_solver="full").fit(persona_vectors).explained_variance_ratio_
+    reward = [None] + reward_at_steps(outcome.rewards, steps[1:])
+    drift = np.array([-s[target_layer] for s in shifts])  # positive = away from the assistant
+    paired = [(r, d) for r, d in zip(reward, drift) if r is not None]
+    rho_info = None
+    if len(paired) >= 3:
+        rewards_arr, drift_arr = np.array(paired).T
+        rho = spearman(rewards_arr, drift_arr)
+        low, high = spearman_bootstrap_ci(rewards_arr, drift_arr)
+        rho_info = {"rho": None if np.isnan(rho) else rho, "ci": [low, high], "n": len(paired),
+                    "drift_metric": f"projection shift away from the assistant at layer {target_layer}"}
+    gate = outcome.gate_checks()
+    worst = {}
+    for family in ("projection", "rotation", "accessibility"):
+        family_checks = [c for c in gate if c.family == family]
+        if family_checks:
+            worst_check = max(family_checks, key=lambda c: c.deviation / max(c.threshold, 1e-30))
+            worst[family] = worst_check.step
+    return {
+        "steps": steps,
+        "target_layer": target_layer,
+        "checkpoints": ["(baseline)"] + [r.checkpoint for r in outcome.steps],
+        "projection_shift": [s.tolist() for s in shifts],
+        "projection_threshold": outcome.steps[-1].comparison.projection_threshold.tolist(),
+        "noise_projection": baseline.noise.projection.tolist(),
+        "rotation_deg": [r.tolist() for r in rotations],
+        "accessibility": [a.tolist() for a in access],
+        "pca": {
+            "explained_variance": explained.tolist(),
+            "persona_names": ["default"] + baseline.roles,
+            "persona_xy": persona_xy.tolist(),
+            "steps_xy": steps_xy.tolist(),
+        },
+        "reward": reward,
+        "reward_log": {"steps": sorted(outcome.rewards), "reward": [outcome.rewards[s] for s in sorted(outcome.rewards)]},
+        "spearman": rho_info,
+        "worst_step": worst,
+    }
