@@ -184,6 +184,9 @@ def load_baseline(directory: str | Path, checkpoint_hint: str = "<reference mode
         raise BaselineError(f"{manifest_path}: corrupt baseline manifest ({type(exc).__name__}: {exc}); regenerate with --update-baselines") from None
     if fmt != FORMAT_VERSION:
         raise BaselineError(f"{manifest_path}: baseline format {fmt}, this drift_suite reads format {FORMAT_VERSION}; regenerate with --update-baselines")
+    missing = [name for name in (files["tensors"], files["samples"]) if not (folder / name).is_file()]
+    if missing:
+        raise BaselineError(f"{folder}: baseline data file missing ({missing[0]}); regenerate with --update-baselines")
     try:
         tensors = load_file(str(folder / files["tensors"]))
         samples = json.loads((folder / files["samples"]).read_text())
@@ -195,8 +198,6 @@ def load_baseline(directory: str | Path, checkpoint_hint: str = "<reference mode
             seed=manifest["noise_floor"]["seed"],
         )
         baseline = Baseline(manifest, tensors["default_mean"], tensors["role_means"], noise, tensors["embed_fingerprint"], samples)
-    except FileNotFoundError as exc:
-        raise BaselineError(f"{folder}: baseline data file missing ({Path(exc.filename).name}); regenerate with --update-baselines") from None
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise BaselineError(f"{folder}: corrupt baseline data ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     layers, hidden = manifest["model"]["num_layers"], manifest["model"]["hidden_size"]

@@ -48,7 +48,7 @@ class Check:
         verdict = "drifted" if not self.passed else "within tolerance"
         return (
             f"{self.family} {self.subject}{where} {verdict}: {self.value:.4g}{self.unit} vs baseline "
-            f"{self.expected:.4g}{self.unit} (|Δ| = {self.deviation:.4g}{self.unit} = {self.sigmas:.1f}σ; "
+            f"{self.expected:.4g}{self.unit} (|Δ| = {self.deviation:.4g}{self.unit} = {self.sigmas:.1f}× noise floor; "
             f"threshold {self.threshold:.4g}{self.unit}){' ' + self.detail if self.detail else ''}"
         )
 
@@ -98,7 +98,7 @@ def compare(baseline: Baseline, measurement: Measurement, thresholds: Thresholds
     noise = baseline.noise
     projection_threshold = np.maximum(thresholds.k_sigma * noise.projection, thresholds.min_projection_frac * axis_norm)
     rotation = angle_deg(axis, assistant_axis(checkpoint_default, checkpoint_roles))
-    rotation_threshold = np.maximum(thresholds.k_sigma * noise.angle_deg, thresholds.min_angle_deg)
+    rotation_threshold = np.maximum(thresholds.k_rotation * noise.angle_deg, thresholds.min_angle_deg)
     access = accessibility(baseline.default_mean, baseline.role_means, checkpoint_default, checkpoint_roles, layers)
     access_threshold = np.maximum(thresholds.k_sigma * noise.accessibility, thresholds.min_accessibility)
     access_by_layer = np.stack(

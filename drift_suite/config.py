@@ -20,8 +20,11 @@ from .extract import GenerationSettings
 class Thresholds:
     """When a difference from the baseline counts as drift. See README "Thresholds" for the measurements."""
 
-    k_sigma: float = 4.0
-    """A metric fails when it is more than ``k_sigma`` noise-floor units from the baseline ..."""
+    k_sigma: float = 3.0
+    """Projection and accessibility fail beyond ``k_sigma`` bootstrap standard deviations from the baseline ..."""
+    k_rotation: float = 1.5
+    """... the rotation beyond ``k_rotation`` × the bootstrap RMS angle (an angle between two noisy estimates
+    of one direction concentrates near that RMS instead of near 0, so it takes a multiple, not k σ) ..."""
     min_projection_frac: float = 0.05
     """... and, for the projection, more than this fraction of the axis length at that layer,"""
     min_angle_deg: float = 3.0

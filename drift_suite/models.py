@@ -84,7 +84,8 @@ def is_run_dir(path: str | Path) -> bool:
     return not own_model and bool(find_run_checkpoints(root))
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` names a local path rather than a hub id."""
     # Hub ids are "name" or "org/name"; anything else that is not on disk is a mistyped path.
     return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
@@ -104,7 +105,8 @@ def _check_4bit(use_4bit: bool) -> dict[str, Any]:
     }
 
 
-def _check_model_dir(path: Path) -> None:
+def check_model_dir(path: Path) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``path`` is a model or adapter checkpoint dir."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not path.is_dir():
@@ -183,8 +185,8 @@ def load_model(
     quant_kwargs = _check_4bit(use_4bit)
     path = Path(spec).expanduser()
     adapter_dir: Path | None = None
-    if _looks_like_path(spec) or path.exists():
-        _check_model_dir(path)
+    if looks_like_path(spec) or path.exists():
+        check_model_dir(path)
         if (path / "adapter_config.json").is_file():
             adapter_dir = path
             try:
@@ -194,8 +196,11 @@ def load_model(
             base = base_model or adapter_config.get("base_model_name_or_path")
             if not base:
                 raise CheckpointError(f"{path}: adapter without base_model_name_or_path; pass --base-model")
-            if Path(base).expanduser().exists():
-                _check_model_dir(Path(base).expanduser())
+            if looks_like_path(str(base)):
+                try:
+                    check_model_dir(Path(base).expanduser())
+                except CheckpointError as exc:
+                    raise CheckpointError(f"base model of adapter {path}: {exc} (pass --base-model)") from None
             source = str(base)
         else:
             source = str(path)

@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drift-layers", metavar="auto|L1,L2,...",
                     help="asserted layers when writing a baseline (default: [tool.drift_suite] layers or auto)")
     group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
-                    help="noise-floor units a metric may move before it fails (default 4)")
+                    help="noise-floor units a metric may move before it fails (default 3)")
     group.addoption("--thorough", action="store_true", help="measure with the larger design (more conversations)")
     group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
                     help="cache of measurements keyed by weights + settings (default: .drift_cache)")
@@ -62,7 +62,23 @@ class DriftSession:
         self._check: "DriftCheck | None" = None
         self._outcome: "DriftOutcome | None" = None
         self._error: str | None = None
+        self._plan: tuple[list[int], list[str]] | None = None
+        self.plan_error: str | None = None
         self.report_path: Path | None = None
+
+    def plan(self) -> tuple[list[int], list[str]]:
+        """Asserted layers and roles, from configs only; an error is kept for the collection hook to raise."""
+        from .errors import DriftSuiteError
+
+        if self._plan is None:
+            try:
+                check = self.check()
+                check.validate()
+                self._plan = (check.planned_layers(), check.planned_roles())
+            except (DriftSuiteError, pytest.UsageError) as exc:
+                self.plan_error = str(exc) if str(exc).startswith("drift_suite") else f"drift_suite: {exc}"
+                self._plan = ([], [])
+        return self._plan
 
     @property
     def requested(self) -> bool:
@@ -140,18 +156,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not wanted:
         return
     session: DriftSession = metafunc.config.stash[_SESSION_KEY]
-    from .errors import DriftSuiteError
-
-    try:
-        check = session.check()
-        layers = check.planned_layers() if "drift_layer" in wanted else []
-        roles = check.planned_roles() if "drift_persona" in wanted else []
-    except DriftSuiteError as exc:
-        raise _usage(str(exc)) from None
+    layers, roles = session.plan()
     if "drift_layer" in wanted:
         metafunc.parametrize("drift_layer", layers, ids=[f"layer{layer}" for layer in layers], scope="session")
     if "drift_persona" in wanted:
         metafunc.parametrize("drift_persona", roles, ids=roles, scope="session")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A bad --checkpoint, baseline or persona set stops the run here: one line, before any model loads."""
+    drift_session: DriftSession = config.stash[_SESSION_KEY]
+    if drift_session.plan_error and any("drift" in getattr(item, "fixturenames", ()) for item in items):
+        raise pytest.UsageError(drift_session.plan_error)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,16 @@ from .config import DriftConfig, resolve_layers
 from .errors import BaselineError, CheckpointError
 from .measure import Measurement, measure
 from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
-from .models import LoadedModel, embedding_fingerprint, find_run_checkpoints, is_run_dir, load_model, read_model_shape
+from .models import (
+    LoadedModel,
+    check_model_dir,
+    embedding_fingerprint,
+    find_run_checkpoints,
+    is_run_dir,
+    load_model,
+    looks_like_path,
+    read_model_shape,
+)
 from .personas import PersonaSet, resolve_persona_set
 
 log = logging.getLogger(__name__)
@@ -150,6 +159,16 @@ class DriftCheck:
         if manifest.is_file():
             return json.loads(manifest.read_text())["model"]
         raise CheckpointError(f"{self.checkpoint}: a run dir without run_manifest.json; pass --base-model to update its baseline")
+
+    def validate(self) -> None:
+        """Cheap checks before any weights load: the checkpoint exists, the baseline exists (unless updating)."""
+        for _step, path in self.targets():
+            if Path(path).expanduser().exists() or looks_like_path(path):
+                check_model_dir(Path(path).expanduser())
+        if self.update_baseline:
+            self.reference_model()
+        else:
+            load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
 
     def planned_layers(self) -> list[int]:
         """Asserted layers, known before any weights are loaded (for test parametrization)."""
