@@ -1,0 +1,86 @@
+"""Integration on the real SmolLM2-135M-Instruct (slow: minutes on 2 CPU cores).
+
+The shipped baseline must pass on the untouched model, regenerate to the same numbers, and a copy with
+damaged upper layers must fail naming metric and layer while one with negligible noise passes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO
+from drift_suite.baseline import load_baseline
+
+pytestmark = pytest.mark.slow
+SHIPPED = REPO / "baselines"
+
+
+def suite(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", str(REPO / "suites"), "-q", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800)
+
+
+def perturbed_copy(source: Path, target: Path, layers: range, scale: float) -> Path:
+    """Copy of the model with Gaussian noise of ``scale`` × each matrix's std added to ``layers``."""
+    shutil.copytree(source, target)
+    weights = load_file(target / "model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    for name, tensor in weights.items():
+        if tensor.ndim == 2 and any(f"layers.{i}." in name for i in layers):
+            weights[name] = tensor + scale * tensor.std() * torch.randn(tensor.shape, generator=generator)
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_shipped_baseline_passes_on_the_demo_model(demo_model_dir, tmp_path):
+    result = suite("--checkpoint", str(demo_model_dir), "--baseline-dir", str(SHIPPED), "--drift-report", str(tmp_path / "r.html"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "verdict: PASS" in result.stdout
+
+
+def test_regenerated_baseline_equals_shipped_and_passes(demo_model_dir, tmp_path):
+    fresh = tmp_path / "fresh"
+    result = suite("--checkpoint", str(demo_model_dir), "--baseline-dir", str(fresh), "--update-baselines", "--drift-report", "none")
+    assert result.returncode == 0, result.stdout[-3000:]
+    shipped, regenerated = load_baseline(SHIPPED), load_baseline(fresh)
+    np.testing.assert_allclose(regenerated.default_mean, shipped.default_mean, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(regenerated.role_means, shipped.role_means, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(regenerated.noise.projection, shipped.noise.projection, atol=1e-6, rtol=0)
+    assert regenerated.manifest["persona_set"] == shipped.manifest["persona_set"]
+
+
+def test_damaged_upper_layers_fail_naming_metric_and_layer(demo_model_dir, tmp_path):
+    damaged = perturbed_copy(demo_model_dir, tmp_path / "damaged", range(20, 30), scale=0.3)
+    result = suite("--checkpoint", str(damaged), "--baseline-dir", str(SHIPPED), "--drift-report", "none", "--no-drift-cache")
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "verdict: FAIL" in result.stdout
+    assert "projection layer" in result.stdout and "drifted:" in result.stdout
+
+
+def test_negligible_noise_passes(demo_model_dir, tmp_path):
+    nudged = perturbed_copy(demo_model_dir, tmp_path / "nudged", range(0, 30), scale=1e-4)
+    result = suite("--checkpoint", str(nudged), "--baseline-dir", str(SHIPPED), "--drift-report", "none", "--no-drift-cache")
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_one_pass_equals_two_pass_on_the_real_model(demo_model_dir):
+    from drift_suite.conversations import Design, build_conversations, render_prompts
+    from drift_suite.extract import GenerationSettings, generate_and_capture, reforward_answer_means
+    from drift_suite.models import load_model
+    from drift_suite.personas import builtin_persona_set
+
+    loaded = load_model(demo_model_dir)
+    prompts = render_prompts(loaded.tokenizer, build_conversations(builtin_persona_set(), Design(2, 1, 1)))[:12]
+    captured = generate_and_capture(loaded.model, loaded.tokenizer, prompts, GenerationSettings(max_new_tokens=24), progress=False)
+    reference = reforward_answer_means(loaded.model, loaded.tokenizer, prompts, captured.answer_ids)
+    scale = np.abs(reference).max(axis=(1, 2), keepdims=True)
+    assert np.abs(captured.means - reference).max() / scale.min() < 1e-4
