@@ -402,6 +402,7 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
         "plot_ids": {p["id"] for p in plots},
         "samples": _samples(data),
         "baseline_update": _list(data.get("baseline_update")),
+        "update_command": data.get("update_command"),
         "trajectory": bool(traj),
         "worst_step": (traj.get("worst_step") or {}) if traj else {},
         "steps": _list(traj.get("steps")) if traj else [],

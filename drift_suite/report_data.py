@@ -33,6 +33,7 @@ def target_layer(asserted: list[int]) -> int:
 
 
 def build_report_data(outcome: "DriftOutcome") -> dict[str, Any]:
+    from .baseline import update_command
     from .runner import trajectory
 
     baseline = outcome.baseline
@@ -72,6 +73,7 @@ def build_report_data(outcome: "DriftOutcome") -> dict[str, Any]:
         "layer_profile": {"shift_over_axis": np.abs(final.projection_shift) / axis_norm, "rotation_deg": final.rotation_deg},
         "samples": {"baseline": baseline.samples, "checkpoint": outcome.final.measurement.samples()},
         "baseline_update": outcome.baseline_update,
+        "update_command": update_command(outcome.baseline_dir, outcome.final.checkpoint),
         "trajectory": trajectory(outcome, target_layer(asserted)) if outcome.is_run else None,
     }
     return _clean(data)

@@ -115,8 +115,8 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
                           "by_layer": by_layer},
         "layer_profile": {"shift_over_axis": [abs(d) / n for d, n in zip(shift, axis_norm)], "rotation_deg": rot},
         "samples": {"baseline": answers(False), "checkpoint": answers(failing)},
-        "baseline_update": (["drift-suite baseline --update --model HuggingFaceTB/SmolLM2-135M-Instruct"]
-                            if failing else None),
+        "baseline_update": None,
+        "update_command": "pytest suites/ --checkpoint runs/grpo-gsm8k --update-baselines --baseline-dir baselines",
         "trajectory": None,
     }
     if with_trajectory:
