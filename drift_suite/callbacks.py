@@ -1,0 +1,204 @@
+"""Trainer callbacks: a cheap persona-drift probe logged next to the reward while GRPO trains.
+
+Every ``every`` optimizer steps, :class:`DriftProbeCallback` generates short answers to a small fixed subset
+of the persona conversations and logs, at one layer (the middle asserted layer of the baseline):
+
+* ``drift/projection``: how far the default assistant's mean activation moved along the Assistant Axis since
+  step 0, in units of the axis length (negative = away from the assistant);
+* ``drift/rotation_deg``: the angle between the subset's own axis now and at step 0.
+
+The baseline stores per-persona means of the *full* design; a subset's means differ from those by sampling
+alone, so the probe never compares its means with the baseline's. It compares the subset with itself on the
+untrained model (measured at train start) and borrows only the baseline's axis *direction and length*. These
+numbers are a trend for stopping a run early, not the gate: run ``drift-suite check`` on the checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from .conversations import Design, build_conversations, render_prompts
+from .errors import BaselineError
+from .extract import GenerationSettings, generate_and_capture
+from .metrics import angle_deg, assistant_axis, group_means, projection_shift
+from .personas import DEFAULT_ROLE, PersonaSet, builtin_persona_set
+
+log = logging.getLogger(__name__)
+
+# Roles from both ends of the built-in set (assistant-like to far away), so the subset axis is well defined.
+PROBE_ROLES = ("tutor", "librarian", "pirate", "ghost", "nihilist", "trickster")
+PROBE_DESIGN = Design(default_questions=4, role_prompts=1, role_questions=2)
+PROBE_SETTINGS = GenerationSettings(max_new_tokens=24)
+
+
+def probe_persona_set(full: PersonaSet | None = None) -> PersonaSet:
+    """The probe's fixed subset: 2 default prompts, 6 contrasting roles with one wording, 4 questions."""
+    full = full or builtin_persona_set()
+    roles = [r for r in PROBE_ROLES if r in full.roles] or full.role_names[:: max(1, len(full.roles) // 6)][:6]
+    return PersonaSet(
+        name=f"{full.name}[probe]",
+        default_prompts=full.default_prompts[:2],
+        roles={r: full.roles[r][:1] for r in roles},
+        questions=full.questions[:4],
+    )
+
+
+@dataclass
+class ProbeResult:
+    """Per-layer means of one probe measurement."""
+
+    default_mean: np.ndarray
+    """``(L, H)``"""
+    axis: np.ndarray
+    """``(L, H)`` the subset's own Assistant Axis."""
+
+
+class DriftProbeCallback(TrainerCallback):
+    """Log ``drift/projection`` and ``drift/rotation_deg`` every ``every`` steps (see the module docstring)."""
+
+    def __init__(
+        self,
+        every: int,
+        baseline_dir: str | Path | None = "baselines",
+        persona_set: PersonaSet | None = None,
+        design: Design = PROBE_DESIGN,
+        settings: GenerationSettings = PROBE_SETTINGS,
+    ):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.baseline_dir = Path(baseline_dir) if baseline_dir is not None else None
+        self.persona_set = persona_set or probe_persona_set()
+        self.design = design
+        self.settings = settings
+        self.reference: ProbeResult | None = None
+        self.axis: np.ndarray | None = None
+        """``(L, H)`` the axis projected on: the baseline's, or the step-0 subset's."""
+        self.axis_source = ""
+        self.layer = 0
+        self._pending: dict[int, dict[str, float]] = {}
+
+    # -- measuring ---------------------------------------------------------------------------------------
+    def probe(self, model: torch.nn.Module, tokenizer: Any) -> ProbeResult:
+        """Measure the subset on ``model`` as it is now (eval mode and no grad; restores train mode)."""
+        # A PeftModel's generate() bypasses its own forward, where the capture hooks would sit; the wrapped
+        # model (with the LoRA layers injected and active) runs the forward passes.
+        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        conversations = build_conversations(self.persona_set, self.design)
+        labels = np.array([c.role for c in conversations])
+        was_training = model.training
+        padding_side = tokenizer.padding_side
+        model.eval()
+        try:
+            with torch.inference_mode():
+                prompts = render_prompts(tokenizer, conversations)
+                # Not measure(): it hashes every weight for its cache key, costly for a 2B model each probe.
+                extraction = generate_and_capture(target, tokenizer, prompts, self.settings, progress=False)
+        finally:
+            model.train(was_training)
+            tokenizer.padding_side = padding_side
+        default_mean = extraction.means[labels == DEFAULT_ROLE].mean(axis=0)
+        role_means = group_means(extraction.means, labels, self.persona_set.role_names)
+        return ProbeResult(default_mean, assistant_axis(default_mean, role_means))
+
+    def _probe_reference(self, model: torch.nn.Module, tokenizer: Any) -> ProbeResult:
+        # With LoRA the untrained model is the base with adapters off, even when resuming from a checkpoint.
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                return self.probe(model, tokenizer)
+        return self.probe(model, tokenizer)
+
+    def _choose_axis(self, model: torch.nn.Module, reference: ProbeResult) -> None:
+        from .config import resolve_layers
+        from .models import embedding_fingerprint
+
+        num_layers = reference.default_mean.shape[0]
+        baseline = None
+        if self.baseline_dir is not None:
+            try:
+                from .baseline import FINGERPRINT_MIN_COSINE, load_baseline
+
+                baseline = load_baseline(self.baseline_dir)
+                if baseline.default_mean.shape != reference.default_mean.shape:
+                    raise BaselineError(f"made for a model of shape {baseline.default_mean.shape}")
+                theirs = baseline.embed_fingerprint.ravel()
+                ours = embedding_fingerprint(model).ravel()
+                cosine = float(np.dot(theirs, ours) / max(np.linalg.norm(theirs) * np.linalg.norm(ours), 1e-12))
+                if theirs.shape != ours.shape or cosine < FINGERPRINT_MIN_COSINE:
+                    raise BaselineError("made for another model (embedding fingerprint differs)")
+            except BaselineError as exc:
+                log.warning("drift probe: baseline in %s not used (%s); projecting on the step-0 subset axis", self.baseline_dir, exc)
+                baseline = None
+        if baseline is not None:
+            self.axis, self.axis_source = baseline.axis, f"baseline {self.baseline_dir}"
+            layers = baseline.asserted_layers
+        else:
+            self.axis, self.axis_source = reference.axis, "step-0 probe subset"
+            layers = resolve_layers("auto", num_layers)
+        self.layer = layers[len(layers) // 2]
+
+    def drift_metrics(self, current: ProbeResult) -> dict[str, float]:
+        """The logged numbers for ``current`` against the step-0 reference."""
+        assert self.reference is not None and self.axis is not None, "probe the reference first"
+        layer = self.layer
+        shift = projection_shift(self.reference.default_mean, current.default_mean, self.axis)[layer]
+        norm = float(np.linalg.norm(self.axis[layer]))
+        rotation = angle_deg(current.axis[layer], self.reference.axis[layer])
+        return {"drift/projection": float(shift) / max(norm, 1e-12), "drift/rotation_deg": float(rotation)}
+
+    # -- trainer events ----------------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        model, tokenizer = kwargs["model"], kwargs["processing_class"]
+        start = time.perf_counter()
+        self.reference = self._probe_reference(model, tokenizer)
+        self._choose_axis(model, self.reference)
+        seconds = time.perf_counter() - start
+        log.warning(
+            "drift probe: %d conversations every %d steps, layer %d, axis from the %s (reference took %.1f s)",
+            len(build_conversations(self.persona_set, self.design)), self.every, self.layer, self.axis_source, seconds,
+        )
+        if state.global_step == 0:
+            state.log_history.append({"drift/projection": 0.0, "drift/rotation_deg": 0.0, "drift/layer": self.layer, "step": 0})
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.reference is None or state.global_step % self.every:
+            return control
+        start = time.perf_counter()
+        metrics = self.drift_metrics(self.probe(kwargs["model"], kwargs["processing_class"]))
+        metrics["drift/probe_s"] = round(time.perf_counter() - start, 2)
+        self._pending[state.global_step] = metrics
+        # Log at this step even off the --logging_steps grid, so the drift sits next to a reward.
+        control.should_log = True
+        return control
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
+        metrics = self._pending.pop(state.global_step, None)
+        if metrics is None:
+            return control
+        if logs is not None:
+            logs.update(metrics)  # what the progress bar prints
+        # Trainer.log stored a copy of ``logs`` before calling us; amend that entry, which is what gets saved.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        for step, metrics in sorted(self._pending.items()):  # a probe whose log never came
+            state.log_history.append({**metrics, "step": step})
+        self._pending.clear()
+        return control

@@ -1,0 +1,494 @@
+"""GRPO fine-tuning on GSM8K with TRL: the training run whose checkpoints the drift suite checks.
+
+    python -m drift_suite.train --model google/gemma-2-2b-it --use_lora --learning_rate 1e-4
+    drift-suite train --model demo/smollm2-135m-instruct --dataset synthetic --use_lora --max_steps 12
+
+Layout of ``--output_dir`` after a run::
+
+    checkpoint-N/          TRL's checkpoints (an adapter dir with --use_lora), each with trainer_state.json
+    final/                 the trained adapter (or full model) with its tokenizer
+    trainer_state.json     the final trainer state; ``log_history`` holds the reward curve
+    run_manifest.json      base model, dataset, arguments, library versions, start and end time
+
+The steps are separate functions (``build_grpo_config``, ``build_peft_config``, ...) so tests can check
+that every flag reaches the trainer without loading a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import CheckpointError, DriftSuiteError
+
+if TYPE_CHECKING:  # heavy imports stay out of `--help` and of config errors
+    import datasets
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+PROG = "drift-suite train"
+MANIFEST = "run_manifest.json"
+FINAL_DIR = "final"
+
+
+class TrainSetupError(DriftSuiteError):
+    """Training arguments that cannot work together (caught before anything heavy is loaded)."""
+
+
+@dataclass
+class TrainArgs:
+    """Every option of a training run; field names are the CLI flags."""
+
+    model: str = "google/gemma-2-2b-it"
+    output_dir: str = "checkpoints"
+    save_steps: int = 100
+    save_total_limit: int = 10
+    max_samples: int | None = None
+    num_train_epochs: float = 1
+    use_lora: bool = False
+    use_4bit: bool = False
+    dataset: str = "openai/gsm8k"
+    max_steps: int = -1
+    num_generations: int = 4
+    max_completion_length: int = 256
+    learning_rate: float = 1e-5
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    resume_from_checkpoint: str | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj"
+    format_reward: bool = False
+    temperature: float | None = None
+    logging_steps: int = 1
+    drift_every: int = 0
+    drift_baseline_dir: str = "baselines"
+
+
+_HELP: dict[str, str] = {
+    "model": "base model: a local checkpoint dir (safetensors) or a hub id",
+    "output_dir": "where checkpoint-N/, final/, trainer_state.json and run_manifest.json go",
+    "save_steps": "save a checkpoint every N optimizer steps",
+    "save_total_limit": "keep at most N checkpoints (oldest deleted first)",
+    "max_samples": "train on a seed-shuffled subset of N problems (default: all; 1000 for 'synthetic')",
+    "num_train_epochs": "passes over the dataset (ignored when --max_steps > 0)",
+    "use_lora": "train a LoRA adapter instead of all weights (checkpoints are adapter dirs)",
+    "use_4bit": "load the base model in 4-bit (QLoRA; needs CUDA and --use_lora)",
+    "dataset": "'openai/gsm8k' (hub), a local GSM8K .jsonl/.parquet file, or 'synthetic' (generated, offline)",
+    "max_steps": "stop after N optimizer steps (-1: run --num_train_epochs)",
+    "num_generations": "completions sampled per prompt (GRPO's group size, >= 2)",
+    "max_completion_length": "maximum tokens per completion",
+    "learning_rate": "peak learning rate; 1e-5 suits full fine-tuning, LoRA typically needs ~1e-4",
+    "per_device_train_batch_size": "completions per device per step; times --gradient_accumulation_steps it must "
+    "be a multiple of --num_generations",
+    "gradient_accumulation_steps": "micro-batches per optimizer step",
+    "seed": "seed of training, sampling and the dataset subset",
+    "resume_from_checkpoint": "a checkpoint-N dir to resume from, or 'latest' for the newest in --output_dir",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA scaling alpha",
+    "lora_dropout": "LoRA dropout",
+    "lora_target_modules": "comma-separated module names LoRA adapts",
+    "format_reward": "add a 0.1 bonus for stating the answer explicitly ('#### N') to the correctness reward",
+    "temperature": "sampling temperature of the rollouts (default: TRL's, 1.0)",
+    "logging_steps": "log reward and loss every N steps (the reward curve's resolution)",
+    "drift_every": "every N steps measure a small persona subset and log drift/projection and "
+    "drift/rotation_deg next to the reward (0: off)",
+    "drift_baseline_dir": "baseline whose Assistant Axis --drift_every projects on (without one, the axis "
+    "of the untrained model's subset measurement is used)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; defaults come from :class:`TrainArgs` so there is one source of truth."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="GRPO fine-tuning on GSM8K (TRL). Writes checkpoint-N/ dirs the drift suite can check: "
+        "drift-suite check OUTPUT_DIR.",
+    )
+    for f in fields(TrainArgs):
+        flag = f"--{f.name}"
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=_HELP[f.name])
+            continue
+        kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
+        metavar = {int: "N", float: "X"}.get(kind, f.name.upper().split("_")[-1])
+        shown = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=_HELP[f.name] + shown)
+    return parser
+
+
+def parse_args(argv: list[str]) -> TrainArgs:
+    """Parse the command line into :class:`TrainArgs`."""
+    return TrainArgs(**vars(build_parser().parse_args(argv)))
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_args(args: TrainArgs) -> None:
+    """Reject combinations that would fail later, with a one-line :class:`DriftSuiteError`."""
+    if args.use_4bit and not _cuda():
+        raise CheckpointError("--use_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available here")
+    if args.use_4bit and not args.use_lora:
+        raise TrainSetupError("--use_4bit trains through LoRA only (4-bit weights cannot be updated); add --use_lora")
+    n = args.num_generations
+    if n < 2:
+        raise TrainSetupError(f"--num_generations {n}: GRPO compares completions within a group, use 2 or more")
+    batch, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    if batch < 1 or accum < 1:
+        raise TrainSetupError("--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1")
+    generation_batch = batch * accum
+    if generation_batch % n:
+        # The generation batch holds whole groups of num_generations completions of one prompt, so the
+        # batch size must be a multiple of this unit.
+        unit = n // math.gcd(n, accum)
+        lower = (batch // unit) * unit
+        hint = " or ".join(str(s) for s in (lower, lower + unit) if s > 0)
+        group_sizes = [d for d in range(2, generation_batch + 1) if generation_batch % d == 0]
+        alt = f" (or --num_generations {', '.join(map(str, group_sizes))})" if group_sizes else ""
+        raise TrainSetupError(
+            f"--per_device_train_batch_size {batch} × --gradient_accumulation_steps {accum} = {generation_batch} "
+            f"completions per step is not a multiple of --num_generations {n}; use --per_device_train_batch_size "
+            f"{hint}{alt}"
+        )
+    for name in ("save_steps", "logging_steps", "save_total_limit"):
+        if getattr(args, name) < 1:
+            raise TrainSetupError(f"--{name} must be >= 1")
+    if args.drift_every < 0:
+        raise TrainSetupError("--drift_every must be >= 0 (0 turns the drift probe off)")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise TrainSetupError("nothing to train: set --max_steps > 0 or --num_train_epochs > 0")
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+def _resume_value(args: TrainArgs) -> str | None:
+    if args.resume_from_checkpoint in (None, "latest"):
+        return args.resume_from_checkpoint
+    path = Path(args.resume_from_checkpoint).expanduser()
+    if not path.is_dir():
+        raise TrainSetupError(f"--resume_from_checkpoint {path}: no such checkpoint dir (or pass 'latest')")
+    return str(path)
+
+
+def build_grpo_config(args: TrainArgs) -> GRPOConfig:
+    """The TRL trainer config of ``args``: precision and device follow the hardware."""
+    import torch
+    from trl import GRPOConfig
+
+    check_args(args)
+    cuda = _cuda()
+    # TRL's bf16 default breaks training on CPUs; fp32 is the safe choice there.
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    overrides: dict[str, Any] = {} if args.temperature is None else {"temperature": args.temperature}
+    # Recomputing activations trades compute for memory, the wrong trade on a CPU with plenty of RAM.
+    # transformers 5 renamed the option (the old name still works, with a FutureWarning).
+    names = {f.name for f in fields(GRPOConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    overrides[checkpointing] = cuda
+    return GRPOConfig(
+        output_dir=args.output_dir,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        seed=args.seed,
+        data_seed=args.seed,
+        resume_from_checkpoint=_resume_value(args),
+        logging_steps=args.logging_steps,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        report_to="none",
+        **overrides,
+    )
+
+
+def build_peft_config(args: TrainArgs) -> LoraConfig | None:
+    """The LoRA config of ``args``, or None for full fine-tuning."""
+    if not args.use_lora:
+        return None
+    from peft import LoraConfig
+
+    targets = [name.strip() for name in args.lora_target_modules.split(",") if name.strip()]
+    if not targets:
+        raise TrainSetupError("--lora_target_modules is empty; name the modules to adapt, e.g. q_proj,v_proj")
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def reward_functions(args: TrainArgs) -> list[Callable[..., list[float]]]:
+    """GSM8K correctness, plus the answer-format bonus with ``--format_reward``."""
+    from .gsm8k import correctness_reward, format_reward
+
+    return [correctness_reward, format_reward] if args.format_reward else [correctness_reward]
+
+
+def build_callbacks(args: TrainArgs) -> list[TrainerCallback]:
+    """The drift probe with ``--drift_every N``; nothing otherwise."""
+    if args.drift_every <= 0:
+        return []
+    from .callbacks import DriftProbeCallback
+
+    return [DriftProbeCallback(every=args.drift_every, baseline_dir=args.drift_baseline_dir)]
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _is_local(spec: str) -> bool:
+    from .models import looks_like_path
+
+    return looks_like_path(spec)
+
+
+def resolve_model_spec(spec: str) -> str:
+    """A local model dir as an absolute path (so adapters find their base from anywhere), else the hub id."""
+    return str(Path(spec).expanduser().resolve()) if _is_local(spec) else spec
+
+
+def resolve_dataset_spec(spec: str) -> str:
+    """A local dataset file as an absolute path, else as given (``synthetic`` or a hub id)."""
+    if spec == "synthetic":
+        return spec
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() or spec.endswith((".jsonl", ".json", ".parquet")) else spec
+
+
+def check_model_spec(args: TrainArgs) -> str:
+    """The model to load (see :func:`resolve_model_spec`); a local one must be a full checkpoint dir."""
+    from .models import check_model_dir
+
+    source = resolve_model_spec(args.model)
+    if _is_local(args.model):
+        check_model_dir(Path(source))
+        if (Path(source) / "adapter_config.json").is_file():
+            raise CheckpointError(f"{source}: an adapter dir; train from its base model (its adapter_config.json names it)")
+    return source
+
+
+def load_training_model(args: TrainArgs) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` to train, with the loading safety of :func:`drift_suite.models.load_model`.
+
+    Safetensors weights only and no remote code; float32 on CPU (bf16 where CUDA supports it).
+    """
+    import torch
+
+    from .models import _check_4bit, _from_pretrained, _load_tokenizer
+
+    source = check_model_spec(args)
+    cuda = _cuda()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model = _from_pretrained(source, dtype, trust_remote_code=False, revision=None, **_check_4bit(args.use_4bit))
+    tokenizer = _load_tokenizer(source, trust_remote_code=False, revision=None)
+    # Rollouts are generated as a left-padded batch; the prompt must end where the completion starts.
+    tokenizer.padding_side = "left"
+    model.config.use_cache = True
+    return model, tokenizer
+
+
+def build_train_dataset(args: TrainArgs) -> datasets.Dataset:
+    """GSM8K (or synthetic) problems as TRL conversational prompts with an ``answer`` column."""
+    from .gsm8k import DatasetSourceError, load_gsm8k, to_prompt_dataset
+
+    try:
+        problems = load_gsm8k(resolve_dataset_spec(args.dataset), split="train", max_samples=args.max_samples, seed=args.seed)
+    except DatasetSourceError as exc:
+        raise TrainSetupError(str(exc).splitlines()[0]) from None
+    if len(problems) == 0:
+        raise TrainSetupError(f"--dataset {args.dataset}: no problems to train on")
+    return to_prompt_dataset(problems)
+
+
+def make_trainer(
+    args: TrainArgs,
+    model: Any,
+    tokenizer: Any,
+    dataset: datasets.Dataset,
+    config: GRPOConfig,
+    peft_config: LoraConfig | None,
+) -> GRPOTrainer:
+    """Assemble TRL's GRPOTrainer from the pieces built above."""
+    import trl
+
+    return trl.GRPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(args),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=build_callbacks(args),
+    )
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run's result."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "drift_suite": __version__,
+    }
+
+
+def write_manifest(args: TrainArgs, started: str, finished: str | None) -> Path:
+    """``run_manifest.json``; written at the start too, so an interrupted run still names its base model."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "model": resolve_model_spec(args.model),
+        "dataset": resolve_dataset_spec(args.dataset),
+        "arguments": asdict(args),
+        "versions": library_versions(),
+        "started": started,
+        "finished": finished,
+        "use_lora": args.use_lora,
+    }
+    path = out / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def reward_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """``[(step, mean reward)]`` from a trainer's log history."""
+    return [(int(e["step"]), float(e["reward"])) for e in log_history if "reward" in e and "step" in e]
+
+
+def _fix_adapter_base(folder: Path, base: str) -> None:
+    # PEFT records the base as the model's name_or_path; pin it to what the manifest says (absolute for dirs).
+    config_path = folder / "adapter_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if config.get("base_model_name_or_path") != base:
+            config["base_model_name_or_path"] = base
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def finish_outputs(args: TrainArgs, trainer: Any, tokenizer: Any) -> Path:
+    """Save ``final/`` (adapter or full model, with tokenizer) and the trainer state; returns ``final/``."""
+    from .models import find_run_checkpoints
+
+    out = Path(args.output_dir)
+    final = out / FINAL_DIR
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    base = resolve_model_spec(args.model)
+    for folder in [final, *find_run_checkpoints(out).values()]:
+        _fix_adapter_base(folder, base)
+    trainer.state.save_to_json(str(out / "trainer_state.json"))
+    return final
+
+
+def summary_lines(args: TrainArgs, log_history: list[dict[str, Any]], seconds: float, steps: int) -> list[str]:
+    """What the run wrote and how the reward went, for the terminal."""
+    from .models import find_run_checkpoints
+
+    out = Path(args.output_dir)
+    checkpoints = find_run_checkpoints(out)
+    lines = [
+        f"checkpoints: {', '.join(str(p) for p in checkpoints.values()) or 'none (--save_steps > steps run)'}",
+        f"final {'adapter' if args.use_lora else 'model'}: {out / FINAL_DIR}",
+        f"reward log: {out / 'trainer_state.json'} (log_history)",
+    ]
+    curve = reward_curve(log_history)
+    if curve:
+        lines.append(
+            f"reward: first logged {curve[0][1]:.3f} (step {curve[0][0]}), last {curve[-1][1]:.3f} (step {curve[-1][0]}), "
+            f"mean {sum(r for _, r in curve) / len(curve):.3f} over {len(curve)} logs"
+        )
+    drift = [(e["step"], e["drift/projection"]) for e in log_history if "drift/projection" in e]
+    if drift:
+        lines.append(f"drift/projection: {', '.join(f'step {s}: {v:+.4f}' for s, v in drift)}")
+    if steps:
+        lines.append(f"time: {seconds:.0f} s for {steps} steps ({seconds / steps:.1f} s/step)")
+    lines.append(f"check it: drift-suite check {out}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def run(args: TrainArgs) -> int:
+    """Train as ``args`` say and write the outputs; raises :class:`DriftSuiteError` on user errors."""
+    import time
+
+    config = build_grpo_config(args)  # checks the arguments first: fails fast, before any weights
+    peft_config = build_peft_config(args)
+    check_model_spec(args)  # a mistyped model path fails before the dataset is read
+    dataset = build_train_dataset(args)
+    model, tokenizer = load_training_model(args)
+    trainer = make_trainer(args, model, tokenizer, dataset, config, peft_config)
+    started = _now()
+    write_manifest(args, started, None)
+    resume = True if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
+    if resume is True:
+        from .models import find_run_checkpoints
+
+        if not find_run_checkpoints(args.output_dir):
+            raise TrainSetupError(f"--resume_from_checkpoint latest: no checkpoint-N dir in {args.output_dir} to resume from")
+    start = time.perf_counter()
+    start_step = trainer.state.global_step
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    finish_outputs(args, trainer, tokenizer)
+    write_manifest(args, started, _now())
+    for line in summary_lines(args, trainer.state.log_history, seconds, trainer.state.global_step - start_step):
+        print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``drift-suite train`` / ``python -m drift_suite.train``: returns the exit code (2 on user errors)."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return run(args)
+    except DriftSuiteError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
