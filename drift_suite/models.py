@@ -90,7 +90,8 @@ def looks_like_path(spec: str) -> bool:
     return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
 
-def _check_4bit(use_4bit: bool) -> dict[str, Any]:
+def quantization_kwargs(use_4bit: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments for 4-bit loading; a one-line error where CUDA is missing."""
     if not use_4bit:
         return {}
     if not torch.cuda.is_available():
@@ -120,7 +121,8 @@ def check_model_dir(path: Path) -> None:
         raise CheckpointError(f"{path}: no config.json or adapter_config.json; not a model or adapter checkpoint")
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, revision: str | None, **kwargs: Any):
+def from_pretrained_checked(source: str, dtype: torch.dtype, trust_remote_code: bool, revision: str | None, **kwargs: Any):
+    """``AutoModelForCausalLM.from_pretrained`` on safetensors only, failures as one-line CheckpointErrors."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -143,7 +145,8 @@ def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, r
         raise CheckpointError(f"{source}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
-def _load_tokenizer(source: str, trust_remote_code: bool, revision: str | None):
+def load_tokenizer(source: str, trust_remote_code: bool, revision: str | None):
+    """The tokenizer, with a pad token, refusing models without a chat template."""
     from transformers import AutoTokenizer
 
     try:
@@ -182,7 +185,7 @@ def load_model(
     the adapter's ``base_model_name_or_path``), or a hub id (needs a network).
     """
     spec = str(spec)
-    quant_kwargs = _check_4bit(use_4bit)
+    quant_kwargs = quantization_kwargs(use_4bit)
     path = Path(spec).expanduser()
     adapter_dir: Path | None = None
     if looks_like_path(spec) or path.exists():
@@ -206,7 +209,7 @@ def load_model(
             source = str(path)
     else:
         source = spec
-    model = _from_pretrained(source, dtype, trust_remote_code, revision, **quant_kwargs)
+    model = from_pretrained_checked(source, dtype, trust_remote_code, revision, **quant_kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -216,7 +219,7 @@ def load_model(
             raise CheckpointError(f"{adapter_dir}: cannot apply adapter to {source} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     model.eval()
     tokenizer_source = str(adapter_dir) if adapter_dir is not None and _has_tokenizer(adapter_dir) else source
-    tokenizer = _load_tokenizer(tokenizer_source, trust_remote_code, revision)
+    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code, revision)
     config = model.config
     info = ModelInfo(
         model_id=source,

@@ -303,13 +303,13 @@ def load_training_model(args: TrainArgs) -> tuple[Any, Any]:
     """
     import torch
 
-    from .models import _check_4bit, _from_pretrained, _load_tokenizer
+    from .models import quantization_kwargs, from_pretrained_checked, load_tokenizer
 
     source = check_model_spec(args)
     cuda = _cuda()
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    model = _from_pretrained(source, dtype, trust_remote_code=False, revision=None, **_check_4bit(args.use_4bit))
-    tokenizer = _load_tokenizer(source, trust_remote_code=False, revision=None)
+    model = from_pretrained_checked(source, dtype, trust_remote_code=False, revision=None, **quantization_kwargs(args.use_4bit))
+    tokenizer = load_tokenizer(source, trust_remote_code=False, revision=None)
     # Rollouts are generated as a left-padded batch; the prompt must end where the completion starts.
     tokenizer.padding_side = "left"
     model.config.use_cache = True
