@@ -11,24 +11,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import DriftSuiteError
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .conversations import Design
+    from .config import config_from_options
     from .report import render_report
     from .runner import DriftCheck
 
-    overrides = {"layers": args.layers} if args.layers else {}
-    if args.k_sigma:
-        overrides["thresholds"] = {"k_sigma": args.k_sigma}
-    config = load_config(Path.cwd(), overrides)
-    if args.thorough:
-        config = replace(config, design=Design.thorough())
+    config = config_from_options(Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough)
     outcome = DriftCheck(
         checkpoint=args.checkpoint,
         baseline_dir=args.baseline_dir,
@@ -91,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--persona-set", help="'builtin' (default) or an upstream-format persona dir")
     check.add_argument("--layers", help="asserted layers for a new baseline: auto or L1,L2,...")
     check.add_argument("--k-sigma", type=float, help="noise-floor units a metric may move (default 3)")
+    check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens (default 8192)")
     check.add_argument("--thorough", action="store_true", help="use the larger measurement design")
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")
     check.add_argument("--cache-dir", default=".drift_cache", help="measurement cache (default: .drift_cache)")

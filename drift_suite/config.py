@@ -104,3 +104,22 @@ def load_config(start: Path | None = None, overrides: dict[str, Any] | None = No
         merged["layers"] = tuple(merged["layers"])
     config = _apply(config, merged, "[tool.drift_suite]")
     return replace(config, **nested)
+
+
+def config_from_options(
+    start: Path,
+    layers: str | None = None,
+    k_sigma: float | None = None,
+    max_batch_tokens: int | None = None,
+    thorough: bool = False,
+) -> DriftConfig:
+    """The config for command-line options (pytest's or the CLI's) over ``pyproject.toml`` and defaults."""
+    overrides: dict[str, Any] = {}
+    if layers:
+        overrides["layers"] = layers
+    if k_sigma:
+        overrides["thresholds"] = {"k_sigma": k_sigma}
+    if max_batch_tokens:
+        overrides["generation"] = {"max_batch_tokens": max_batch_tokens}
+    config = load_config(start, overrides)
+    return replace(config, design=Design.thorough()) if thorough else config

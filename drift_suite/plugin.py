@@ -46,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="asserted layers when writing a baseline (default: [tool.drift_suite] layers or auto)")
     group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
                     help="noise-floor units a metric may move before it fails (default 3)")
+    group.addoption("--max-batch-tokens", type=int, metavar="N",
+                    help="memory budget per generation batch in tokens (batch × (prompt + answer); default 8192)")
     group.addoption("--thorough", action="store_true", help="measure with the larger design (more conversations)")
     group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
                     help="cache of measurements keyed by weights + settings (default: .drift_cache)")
@@ -86,24 +88,20 @@ class DriftSession:
 
     def check(self) -> "DriftCheck":
         if self._check is None:
-            from dataclasses import replace
-
-            from .conversations import Design
-            from .config import load_config
+            from .config import config_from_options
             from .runner import DriftCheck
 
             option = self.pytest_config.getoption
             checkpoint = option("checkpoint")
             if checkpoint is None:
                 raise _usage("no model to check: pass --checkpoint PATH (e.g. pytest suites/ --checkpoint checkpoints/final)")
-            overrides: dict[str, Any] = {}
-            if option("drift_layers"):
-                overrides["layers"] = option("drift_layers")
-            if option("drift_k_sigma"):
-                overrides["thresholds"] = {"k_sigma": option("drift_k_sigma")}
-            config = load_config(Path(str(self.pytest_config.rootpath)), overrides)
-            if option("thorough"):
-                config = replace(config, design=Design.thorough())
+            config = config_from_options(
+                Path(str(self.pytest_config.rootpath)),
+                layers=option("drift_layers"),
+                k_sigma=option("drift_k_sigma"),
+                max_batch_tokens=option("max_batch_tokens"),
+                thorough=option("thorough"),
+            )
             self._check = DriftCheck(
                 checkpoint=checkpoint,
                 baseline_dir=option("baseline_dir"),
