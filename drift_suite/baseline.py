@@ -15,16 +15,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from . import __version__
+from .cache import atomic_write_bytes, safetensors_bytes
 from .conversations import Design
 from .errors import BaselineError
 from .extract import GenerationSettings
@@ -127,38 +126,19 @@ def _tensors(baseline: Baseline) -> dict[str, np.ndarray]:
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_baseline(baseline: Baseline, directory: str | Path) -> Path:
     """Write ``baseline`` into ``directory`` atomically; returns the manifest path."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = _tensors(baseline)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tensors.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        content_hash = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()[:16]
-        tensor_name = f"baseline-{content_hash}.safetensors"
-        os.replace(tmp, folder / tensor_name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensor_bytes = safetensors_bytes(_tensors(baseline))
+    tensor_name = f"baseline-{hashlib.sha256(tensor_bytes).hexdigest()[:16]}.safetensors"
+    atomic_write_bytes(folder / tensor_name, tensor_bytes)
     samples_bytes = json.dumps(baseline.samples, indent=1, ensure_ascii=False).encode()
     samples_name = f"samples-{hashlib.sha256(samples_bytes).hexdigest()[:16]}.json"
-    _atomic_write_bytes(folder / samples_name, samples_bytes)
+    atomic_write_bytes(folder / samples_name, samples_bytes)
     manifest = {**baseline.manifest, "files": {"tensors": tensor_name, "samples": samples_name}}
     manifest_path = folder / MANIFEST
-    _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode() + b"\n")
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode() + b"\n")
     baseline.manifest = manifest
     for stale in list(folder.glob("baseline-*.safetensors")) + list(folder.glob("samples-*.json")):
         if stale.name not in (tensor_name, samples_name):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 from safetensors import safe_open
 
 DEFAULT_CACHE_DIR = Path(".drift_cache")
@@ -26,17 +26,22 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def atomic_save(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> None:
-    """Write a safetensors file so that a crash leaves either the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that a crash leaves either the old file or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600: baselines and caches are shared files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
 
 
 def load(cache_dir: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
@@ -54,5 +59,5 @@ def load(cache_dir: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, st
 
 def store(cache_dir: Path, key: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
     path = cache_dir / f"{key}.safetensors"
-    atomic_save(tensors, metadata, path)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
     return path

@@ -20,7 +20,7 @@ class Design:
     model (see docs/noise-floor.md); ``thorough()`` asks for more.
     """
 
-    default_questions: int = 8
+    default_questions: int = 16
     """Questions asked under every default-assistant prompt."""
     role_prompts: int = 1
     """System-prompt wordings per role."""
@@ -29,7 +29,7 @@ class Design:
 
     @classmethod
     def thorough(cls) -> "Design":
-        return cls(default_questions=20, role_prompts=3, role_questions=6)
+        return cls(default_questions=20, role_prompts=3, role_questions=6)  # 570 conversations on the built-in set
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

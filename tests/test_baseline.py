@@ -68,14 +68,14 @@ def test_crash_before_manifest_leaves_old_baseline_whole(made, tmp_path, monkeyp
     save_baseline(baseline, tmp_path / "b")
     import drift_suite.baseline as module
 
-    real = module._atomic_write_bytes
+    real = module.atomic_write_bytes
 
     def crash_on_manifest(path: Path, data: bytes) -> None:
         if path.name == MANIFEST:
             raise KeyboardInterrupt("power cut")
         real(path, data)
 
-    monkeypatch.setattr(module, "_atomic_write_bytes", crash_on_manifest)
+    monkeypatch.setattr(module, "atomic_write_bytes", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         save_baseline(replace(baseline, default_mean=baseline.default_mean + 1.0), tmp_path / "b")
     monkeypatch.undo()

@@ -9,8 +9,9 @@ from drift_suite.errors import DriftSuiteError
 
 
 def test_auto_layers_are_the_middle_band():
-    assert resolve_layers("auto", 30) == list(range(9, 24))
-    assert resolve_layers("auto", 4) == [1, 2]
+    assert resolve_layers("auto", 30) == list(range(16, 27))
+    assert resolve_layers("auto", 4) == [2, 3]
+    assert resolve_layers("auto", 1) == [0]
     assert resolve_layers("3,-1", 30) == [3, 29]
     with pytest.raises(DriftSuiteError, match="0..29"):
         resolve_layers([30], 30)
