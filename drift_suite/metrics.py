@@ -77,7 +77,7 @@ class NoiseFloor:
     angle_deg: np.ndarray
     """``(L,)`` root-mean-square angle between the axis and its resampled estimates."""
     accessibility: np.ndarray
-    """``(R,)`` standard deviation of each role's accessibility ratio."""
+    """``(R,)`` standard deviation of each role's accessibility ratio (at least the median over roles)."""
     n_boot: int
     seed: int
 
@@ -109,10 +109,13 @@ def bootstrap_noise_floor(
         projections.append(project(default, full_axis))
         angles.append(angle_deg(assistant_axis(default, role_means), full_axis))
         access.append(accessibility(full_default, full_roles, default, role_means, access_layers))
+    access_sigma = np.std(access, axis=0, ddof=1)
     return NoiseFloor(
         projection=np.std(projections, axis=0, ddof=1),
         angle_deg=np.sqrt(np.mean(np.square(angles), axis=0)),
-        accessibility=np.std(access, axis=0, ddof=1),
+        # A role's spread comes from a handful of conversations, so its own estimate is itself very uncertain;
+        # flooring it at the median over roles keeps one lucky, tight role from a hair trigger.
+        accessibility=np.maximum(access_sigma, np.median(access_sigma)),
         n_boot=n_boot,
         seed=seed,
     )
