@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import __version__, cache
 from .conversations import Conversation, Design, build_conversations, render_prompts

@@ -158,15 +158,17 @@ def spearman_bootstrap_ci(
     return float(low), float(high)
 
 
-def pca_fit(vectors: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of ``vectors (n, H)``: returns ``(mean (H,), components (k, H))``, signs fixed for reproducibility."""
+def pca_fit(vectors: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of ``vectors (n, H)``: ``(mean (H,), components (k, H), explained variance ratio (k,))``.
+
+    Signs are fixed (largest-magnitude entry positive) because sklearn's are arbitrary across versions.
+    """
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=min(n_components, *vectors.shape), svd_solver="full").fit(vectors)
     components = pca.components_
-    # sklearn's sign is arbitrary across versions; make the largest-magnitude entry positive.
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
-    return pca.mean_, components * signs[:, None]
+    return pca.mean_, components * signs[:, None], pca.explained_variance_ratio_
 
 
 def pca_transform(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:

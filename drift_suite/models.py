@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -8,7 +8,6 @@ measured and compared, the gate taking the worst step.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import time
@@ -272,13 +271,10 @@ def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
     rotations = [zero_layers] + [r.comparison.rotation_deg for r in outcome.steps]
     access = [np.ones(len(baseline.roles))] + [r.comparison.accessibility for r in outcome.steps]
     persona_vectors = np.concatenate([baseline.default_mean[None, target_layer], baseline.role_means[:, target_layer]])
-    mean, components = pca_fit(persona_vectors, 2)
+    mean, components, explained = pca_fit(persona_vectors, 2)
     persona_xy = pca_transform(persona_vectors, mean, components)
     step_vectors = np.stack([baseline.default_mean[target_layer]] + [r.measurement.default_mean[target_layer] for r in outcome.steps])
     steps_xy = pca_transform(step_vectors, mean, components)
-    from sklearn.decomposition import PCA
-
-    explained = PCA(n_components=2, svd_solver="full").fit(persona_vectors).explained_variance_ratio_
     reward = [None] + reward_at_steps(outcome.rewards, steps[1:])
     drift = np.array([-s[target_layer] for s in shifts])  # positive = away from the assistant
     paired = [(r, d) for r, d in zip(reward, drift) if r is not None]

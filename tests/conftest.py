@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import TINY_PERSONAS, save_tiny_checkpoint, tiny_model, tiny_tokenizer  # noqa: E402
+from tiny import TINY_PERSONAS, save_tiny_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -113,9 +113,10 @@ def test_noise_floor_scales_with_noise_and_shrinks_with_samples():
 
 def test_pca_signs_are_deterministic():
     vectors = rng.normal(size=(10, 5))
-    mean, components = metrics.pca_fit(vectors)
-    mean2, components2 = metrics.pca_fit(vectors[::-1].copy())
+    mean, components, explained = metrics.pca_fit(vectors)
+    _, components2, _ = metrics.pca_fit(vectors[::-1].copy())
     np.testing.assert_allclose(components, components2, atol=1e-10)
     coords = metrics.pca_transform(vectors, mean, components)
     assert coords.shape == (10, 2)
     assert np.var(coords[:, 0]) >= np.var(coords[:, 1])
+    assert explained[0] >= explained[1] and explained.sum() <= 1.0

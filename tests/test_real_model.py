@@ -6,7 +6,6 @@ damaged upper layers must fail naming metric and layer while one with negligible
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys

@@ -47,7 +47,6 @@ def test_planted_trajectory_is_recovered(run_dir, tiny_checkpoint, tiny_personas
     baseline_dir = tmp_path / "baseline"
     check = runner.DriftCheck(run_dir, baseline_dir, persona_set=tiny_personas, config=CONFIG, cache_dir=None,
                               update_baseline=True, progress=False)
-    base = load_model(tiny_checkpoint)
     baseline, _ = check.write_baseline()
     axis_norm = float(np.linalg.norm(baseline.axis[LAYER]))
     direction = torch.tensor(baseline.axis[LAYER] / axis_norm)
