@@ -284,6 +284,16 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
     ]
 
 
+MIN_STEPS_FOR_CORRELATION = 6
+"""Below this many saved steps a rank correlation's bootstrap CI is degenerate, so no link is claimed."""
+
+
+def _correlation_clear(spear: dict[str, Any]) -> bool:
+    lo, hi = (num(_at(_list(spear.get("ci")), i)) for i in (0, 1))
+    enough = (spear.get("n") or 0) >= MIN_STEPS_FOR_CORRELATION
+    return enough and lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
 def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
     rho = num(spear.get("rho")) if spear else None
     if rho is None:
@@ -293,9 +303,12 @@ def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
     short = f"Spearman ρ = {fmt_num(rho, 2)}, 95% CI {ci_text}, n = {spear.get('n', '–')}"
     if not long:
         return short
-    lo, hi = num(_at(ci, 0)), num(_at(ci, 1))
-    verdict = ("the CI excludes 0: drift tracks reward" if lo is not None and hi is not None and (lo > 0 or hi < 0)
-               else "the CI includes 0: no clear link between reward and drift")
+    if (spear.get("n") or 0) < MIN_STEPS_FOR_CORRELATION:
+        verdict = f"too few saved steps to tell (needs at least {MIN_STEPS_FOR_CORRELATION})"
+    elif _correlation_clear(spear):
+        verdict = "the CI excludes 0: drift tracks reward"
+    else:
+        verdict = "the CI includes 0: no clear link between reward and drift"
     return f"{short} between reward and {spear.get('drift_metric', 'drift')}; {verdict}."
 
 
@@ -315,9 +328,7 @@ def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]])
     elif not spear or num(spear.get("rho")) is None:
         corr = ("n/a", "Too few steps with both reward and drift to estimate a correlation.")
     else:
-        ci = _list(spear.get("ci"))
-        lo, hi = num(_at(ci, 0)), num(_at(ci, 1))
-        corr = ("yes" if lo is not None and hi is not None and (lo > 0 or hi < 0) else "unclear", _spearman_text(spear, long=True))
+        corr = ("yes" if _correlation_clear(spear) else "unclear", _spearman_text(spear, long=True))
     prof = (data.get("layer_profile") or {}).get("shift_over_axis")
     vals = [(num(v), i) for i, v in enumerate(_list(prof)) if num(v) is not None]
     if vals:

@@ -190,3 +190,13 @@ def test_screenshot(tmp_path: Path) -> None:
     width, height, colours = _png_stats(png)
     assert (width, height) == (1280, 2400)
     assert colours > 20, "screenshot looks blank"
+
+
+@pytest.mark.parametrize("n,claimed", [(4, False), (8, True)])
+def test_reward_correlation_needs_enough_steps(n: int, claimed: bool) -> None:
+    data = example_report_data(with_trajectory=True)
+    data["trajectory"]["spearman"] = {"rho": 0.9, "ci": [0.5, 1.0], "n": n, "drift_metric": "shift"}
+    question = next(q for q in build_context(data)["questions"] if "reward" in q["q"].lower())
+    text = json.dumps(question)
+    assert ("drift tracks reward" in text) is claimed
+    assert ("too few saved steps" in text) is (not claimed)
