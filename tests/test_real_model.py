@@ -6,6 +6,7 @@ damaged upper layers must fail naming metric and layer while one with negligible
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,27 @@ def test_one_pass_equals_two_pass_on_the_real_model(demo_model_dir):
     reference = reforward_answer_means(loaded.model, loaded.tokenizer, prompts, captured.answer_ids)
     scale = np.abs(reference).max(axis=(1, 2), keepdims=True)
     assert np.abs(captured.means - reference).max() / scale.min() < 1e-4
+
+
+def test_two_step_grpo_run_gets_a_verdict(demo_model_dir, tmp_path):
+    """Acceptance of the training issue: a 2-step LoRA run on GSM8K, then a verdict on final/ and the run."""
+    from conftest import SHARED_DATA
+    from drift_suite.train import main as train
+
+    data = SHARED_DATA / "gsm8k" / "train.jsonl"
+    if not data.is_file():
+        pytest.skip("shared GSM8K data not present")
+    run = tmp_path / "run"
+    code = train(["--model", str(demo_model_dir), "--dataset", str(data), "--use_lora", "--max_samples", "4",
+                  "--max_steps", "2", "--save_steps", "1", "--output_dir", str(run), "--num_generations", "2",
+                  "--per_device_train_batch_size", "2", "--max_completion_length", "32"])
+    assert code == 0
+    for name in ("checkpoint-1", "checkpoint-2", "final", "trainer_state.json", "run_manifest.json"):
+        assert (run / name).exists(), name
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    assert sum("reward" in entry for entry in history) == 2
+    for target in (run, run / "final"):
+        result = subprocess.run([sys.executable, "-m", "drift_suite.cli", "check", str(target), "--baseline-dir", str(SHIPPED),
+                                 "--report", "none"], capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+        assert result.returncode in (0, 1), result.stderr[-2000:]
+        assert "verdict: " in result.stdout
