@@ -67,19 +67,6 @@ def bench_environment() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors dir (``DRIFT_DEMO_MODEL``, else written once under ``demo/``)."""
-    from drift_suite.errors import CheckpointError
-    from drift_suite.models import write_demo_model
-
-    target = Path(os.environ.get("DRIFT_DEMO_MODEL", REPO / "demo" / "smollm2-135m-instruct"))
-    try:
-        return write_demo_model(target)
-    except CheckpointError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="session")
 def loaded(demo_model_dir: Path, bench_environment: dict[str, Any]):
     """The demo model in fp32, loaded once and warmed up (first-call costs are not benchmarked)."""
     from drift_suite.extract import GenerationSettings, generate_and_capture

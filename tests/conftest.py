@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -38,16 +37,3 @@ def tiny(tiny_checkpoint):
     from drift_suite.models import load_model
 
     return load_model(tiny_checkpoint)
-
-
-@pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
-    """The real SmolLM2-135M-Instruct as a safetensors dir (written once; DRIFT_DEMO_MODEL reuses one)."""
-    from drift_suite.errors import CheckpointError
-    from drift_suite.models import write_demo_model
-
-    target = Path(os.environ.get("DRIFT_DEMO_MODEL", REPO / "demo" / "smollm2-135m-instruct"))
-    try:
-        return write_demo_model(target)
-    except CheckpointError as exc:
-        pytest.skip(str(exc))
