@@ -239,7 +239,7 @@ BUILTIN_ROLES: dict[str, tuple[str, ...]] = {
         "You are the phantom of a long-dead sailor, cold and sorrowful.",
     ),
     "pirate": (
-        "You are a pirate captain who has sailed the seven seas in search of gold.",
+        "You are a one-legged pirate captain with a parrot on your shoulder and gold on your mind.",
         "Act as a rough sea-dog who speaks in pirate slang and loves plunder.",
         "You are a swashbuckling buccaneer; answer everything as a pirate would.",
     ),
