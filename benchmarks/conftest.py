@@ -151,12 +151,19 @@ def summarize(results: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _written_path() -> Path:
+    """A run without the core comparison (e.g. ``-k`` on one experiment) must not replace the full results."""
+    complete = "capture_one_pass" in RESULTS and "two_pass_reference" in RESULTS
+    return RESULTS_PATH if complete else RESULTS_PATH.with_name(RESULTS_PATH.stem + "-partial.json")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not RESULTS:
         return
     RESULTS["summary"] = summarize(RESULTS)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(RESULTS, indent=2, default=float) + "\n")
+    path = _written_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(RESULTS, indent=2, default=float) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -166,4 +173,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("drift_suite benchmarks")
     for key, value in summary.items():
         terminalreporter.write_line(f"{key:<44} {value}")
-    terminalreporter.write_line(f"(all numbers: {RESULTS_PATH})")
+    terminalreporter.write_line(f"(all numbers: {_written_path()})")

@@ -45,6 +45,19 @@ def _decode_steps(loaded: Any, prompts: list[str], settings: GenerationSettings)
     return len(_batches(lengths, settings)) * (settings.max_new_tokens + 1)
 
 
+def _capture_seconds(benchmark: Any, loaded: Any, prompts: list[str], settings: GenerationSettings,
+                     already_timed: dict[str, Any] | None) -> float:
+    """Seconds of one capture run; reuses (a)'s timing when it measured exactly this (no benchmark row then)."""
+    if already_timed:
+        return already_timed["best_s"]
+    timed = Timed()
+    benchmark.pedantic(
+        timed.run, args=(generate_and_capture, loaded.model, loaded.tokenizer, prompts, settings),
+        kwargs={"progress": False}, rounds=1, iterations=1,
+    )
+    return timed.best
+
+
 def _compare_means(reference: Any, other: Any) -> float | None:
     """Largest per-(conversation, layer) relative difference of the means, over identical answers."""
     if reference is None:
@@ -61,15 +74,7 @@ def test_batch_size_sweep(benchmark: Any, batch_size: int, loaded: Any, prompts:
     """Conversations/s of the capture path by batch size; the per-step time separates fixed from per-row cost."""
     settings = GenerationSettings(max_new_tokens=SETTINGS.max_new_tokens, batch_size=batch_size)
     same = results.get("capture_one_pass") if settings == SETTINGS else None
-    if same:  # the project's own batch size: (a) already timed exactly this (no benchmark row then)
-        seconds = same["best_s"]
-    else:
-        timed = Timed()
-        benchmark.pedantic(
-            timed.run, args=(generate_and_capture, loaded.model, loaded.tokenizer, prompts, settings),
-            kwargs={"progress": False}, rounds=1, iterations=1,
-        )
-        seconds = timed.best
+    seconds = _capture_seconds(benchmark, loaded, prompts, settings, same)
     steps = _decode_steps(loaded, prompts, settings)
     entry = {
         "seconds": round(seconds, 3),
@@ -111,15 +116,7 @@ def test_threads(benchmark: Any, threads: int, loaded: Any, prompts: list[str], 
     try:
         matmul = matmul_gflops()
         same = results.get("capture_one_pass") if threads == previous else None
-        if same:  # the session's own setting: (a) already timed exactly this (no benchmark row then)
-            seconds = same["best_s"]
-        else:
-            timed = Timed()
-            benchmark.pedantic(
-                timed.run, args=(generate_and_capture, loaded.model, loaded.tokenizer, prompts, SETTINGS),
-                kwargs={"progress": False}, rounds=1, iterations=1,
-            )
-            seconds = timed.best
+        seconds = _capture_seconds(benchmark, loaded, prompts, SETTINGS, same)
     finally:
         torch.set_num_threads(previous)
     entry = {"capture_s": round(seconds, 3), "conversations_per_s": round(len(prompts) / seconds, 3), "matmul_gflops": round(matmul, 1)}
