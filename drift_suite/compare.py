@@ -40,6 +40,11 @@ class Check:
         return bool(self.deviation <= self.threshold)
 
     @property
+    def severity(self) -> float:
+        """``|Δ| / threshold``: above 1 fails; ranks checks of different metrics on one scale."""
+        return self.deviation / self.threshold if self.threshold > 0 else float("inf")
+
+    @property
     def sigmas(self) -> float:
         return self.deviation / self.noise if self.noise > 0 else float("inf")
 

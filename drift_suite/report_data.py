@@ -40,7 +40,7 @@ def build_report_data(outcome: "DriftOutcome") -> dict[str, Any]:
     final = outcome.final.comparison
     axis_norm = np.linalg.norm(baseline.axis, axis=-1)
     gate = outcome.gate_checks()
-    gate.sort(key=lambda c: (c.passed, -(c.deviation / c.threshold if c.threshold else math.inf)))
+    gate.sort(key=lambda c: (c.passed, -c.severity))
     asserted = baseline.asserted_layers
     data = {
         "title": f"drift_suite report: {outcome.checkpoint}",

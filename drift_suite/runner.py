@@ -9,7 +9,6 @@ measured and compared, the gate taking the worst step.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,6 @@ from .models import (
 )
 from .personas import PersonaSet, resolve_persona_set
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class StepResult:
@@ -59,11 +56,11 @@ class DriftOutcome:
     baseline_update: list[str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     rewards: dict[int, float] = field(default_factory=dict)
-    """Mean logged training reward at each saved step (run dirs only)."""
+    """``{step: reward}`` as logged by the trainer (run dirs only; every logged step, not just saved ones)."""
 
     @property
     def is_run(self) -> bool:
-        return len(self.steps) > 1 or (bool(self.steps) and self.steps[0].step is not None)
+        return any(result.step is not None for result in self.steps)
 
     @property
     def final(self) -> StepResult:
@@ -75,9 +72,7 @@ class DriftOutcome:
         for result in self.steps:
             for check in result.comparison.checks:
                 key = (check.family, check.subject)
-                ratio = check.deviation / check.threshold if check.threshold > 0 else float("inf")
-                current = worst.get(key)
-                if current is None or ratio > current.deviation / max(current.threshold, 1e-30):
+                if key not in worst or check.severity > worst[key].severity:
                     worst[key] = check
         return list(worst.values())
 
@@ -255,10 +250,7 @@ class DriftCheck:
             timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
             steps.append(StepResult(step, path, comparison, measurement))
             del loaded
-        rewards: dict[int, float] = {}
-        if is_run_dir(self.checkpoint):
-            log_by_step = read_reward_log(self.checkpoint)
-            rewards = dict(log_by_step)
+        rewards = read_reward_log(self.checkpoint) if is_run_dir(self.checkpoint) else {}
         return DriftOutcome(self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards)
 
 
@@ -290,7 +282,7 @@ def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
     for family in ("projection", "rotation", "accessibility"):
         family_checks = [c for c in gate if c.family == family]
         if family_checks:
-            worst_check = max(family_checks, key=lambda c: c.deviation / max(c.threshold, 1e-30))
+            worst_check = max(family_checks, key=lambda c: c.severity)
             worst[family] = worst_check.step
     return {
         "steps": steps,
