@@ -134,6 +134,7 @@ class DriftCheck:
         self.use_4bit = use_4bit
         self.trust_remote_code = trust_remote_code
         self.progress = progress
+        self._stored_baseline: Baseline | None = None
 
     # -- planning (cheap: no weights) -------------------------------------------------------------------
     def targets(self) -> list[tuple[int | None, str]]:
@@ -157,18 +158,24 @@ class DriftCheck:
     def validate(self) -> None:
         """Cheap checks before any weights load: the checkpoint exists, the baseline exists (unless updating)."""
         for _step, path in self.targets():
-            if Path(path).expanduser().exists() or looks_like_path(path):
+            if looks_like_path(path):
                 check_model_dir(Path(path).expanduser())
         if self.update_baseline:
             self.reference_model()
         else:
-            load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
+            self.stored_baseline()
+
+    def stored_baseline(self) -> Baseline:
+        """The baseline on disk, read once (planning, validation and the run share it)."""
+        if self._stored_baseline is None:
+            self._stored_baseline = load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
+        return self._stored_baseline
 
     def planned_layers(self) -> list[int]:
         """Asserted layers, known before any weights are loaded (for test parametrization)."""
         if not self.update_baseline and (self.baseline_dir / "manifest.json").is_file():
             try:
-                return load_baseline(self.baseline_dir).asserted_layers
+                return self.stored_baseline().asserted_layers
             except BaselineError:
                 pass
         num_layers, _ = read_model_shape(self.reference_model() if self.update_baseline else self.targets()[0][1], self.base_model)
@@ -233,7 +240,7 @@ class DriftCheck:
             baseline, update_lines = self.write_baseline()
             timings["baseline_s"] = time.perf_counter() - start
         else:
-            baseline = load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
+            baseline = self.stored_baseline()
         steps = []
         for step, path in self.targets():
             start = time.perf_counter()
