@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,9 @@ class ModelInfo:
     dtype: str
     adapter: str | None = None
     """The adapter dir when a LoRA adapter was merged into ``model_id``."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+        return asdict(self)
 
 
 @dataclass
@@ -164,13 +163,6 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-def _revision(source: str, model: torch.nn.Module) -> str | None:
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        return commit
-    return None
-
-
 def load_model(
     spec: str | Path,
     base_model: str | None = None,
@@ -223,7 +215,7 @@ def load_model(
     config = model.config
     info = ModelInfo(
         model_id=source,
-        revision=_revision(source, model),
+        revision=getattr(model.config, "_commit_hash", None) or None,  # the hub commit; None for local dirs
         model_type=config.model_type,
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
