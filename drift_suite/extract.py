@@ -2,13 +2,15 @@
 
 Forward hooks on the decoder layers add each response token's hidden state to a running sum per
 conversation and layer as the token is fed back into the model, so memory is O(batch × layers × hidden)
-whatever the answer length, and no second forward over prompt + answer is needed.
+whatever the answer length, and no second forward over prompt + answer is needed. Generation itself is
+:func:`drift_suite.decode.decode` (the model's own forward in a lean loop; shared prompt prefixes prefilled
+once, an in-place KV cache, packed GEMM weights).
 
 Which tokens count: the answer's content tokens, i.e. the generated tokens up to and excluding the first
-end-of-turn token, at most ``max_new_tokens`` of them. Generation asks for one token more than that, because
-the hidden state of a generated token is computed only when it is fed back in: the extra step makes the
-last content token visible and its own output is thrown away. The end-of-turn token itself is never fed
-back, so it is excluded by design (the two-pass reference excludes it too).
+end-of-turn token, at most ``max_new_tokens`` of them. The hidden state of a generated token is computed
+only when it is fed back in, so the decoder feeds back every generated token, the last one included (one
+forward more than ``generate`` would run; its logits are thrown away). The end-of-turn token itself is
+not averaged (the two-pass reference excludes it too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .decode import decode
 from .models import decoder_layers
 
 
@@ -31,10 +34,11 @@ class GenerationSettings:
     do_sample: bool = False
     temperature: float = 1.0
     seed: int = 0
-    batch_size: int = 64
-    """Upper bound on conversations per batch (64 decoded 14 % faster than 32 on 2 cores; docs/benchmarks.md)."""
-    max_batch_tokens: int = 16384
-    """Upper bound on batch × (prompt + answer) tokens, which bounds the KV cache (~46 kB a token on the demo model)."""
+    batch_size: int = 256
+    """Upper bound on conversations per batch: the default design's 196 fit in one (docs/benchmarks.md)."""
+    max_batch_tokens: int = 32768
+    """Upper bound on batch × (prompt + answer) tokens, which bounds the KV cache: 2 × layers × KV heads ×
+    head size × 4 bytes a token, 46 kB on the demo model (1.5 GB at this budget), 213 kB on Gemma-2-2B."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,12 +86,11 @@ class _AnswerAccumulator:
         self.calls = 0
         self.mask: torch.Tensor | None = None
 
-    def before_forward(self, input_ids: torch.Tensor) -> None:
-        self.calls += 1
-        if self.calls == 1:  # the prefill: prompt tokens only
+    def before_forward(self, fed: torch.Tensor | None) -> None:
+        """Called before each forward with the generated tokens being fed back, or ``None`` for the prefill."""
+        if fed is None:
             self.mask = None
             return
-        fed = input_ids[:, -1]
         self.finished |= torch.isin(fed, self.eos)
         self.mask = ~self.finished & (self.counts < self.max_tokens)
         self.counts += self.mask.long()
@@ -97,18 +100,23 @@ class _AnswerAccumulator:
             self.sums[:, layer] += hidden[:, -1].float() * self.mask[:, None]
 
 
-def _batches(lengths: Sequence[int], settings: GenerationSettings) -> list[list[int]]:
-    """Prompt indices grouped by similar length (less padding), each batch within the token budget."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+def _batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[list[int]]:
+    """Prompt indices in batches within the size and token budgets, prompts sharing a prefix kept together.
+
+    Sorting by token ids puts prompts with the same system turn next to each other, so a batch holds whole
+    groups whose shared prefix is prefilled once (:func:`drift_suite.decode.plan_prefill`).
+    """
+    order = sorted(range(len(prompts)), key=lambda i: (list(prompts[i]), i))
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = 0
     for i in order:
-        longest = max([lengths[j] for j in current] + [lengths[i]])
-        tokens = (len(current) + 1) * (longest + settings.max_new_tokens + 1)
+        tokens = (len(current) + 1) * (max(longest, len(prompts[i])) + settings.max_new_tokens + 1)
         if current and (len(current) >= settings.batch_size or tokens > settings.max_batch_tokens):
             batches.append(current)
-            current = []
+            current, longest = [], 0
         current.append(i)
+        longest = max(longest, len(prompts[i]))
     if current:
         batches.append(current)
     return batches
@@ -129,19 +137,13 @@ def generate_and_capture(
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     means = np.zeros((len(prompts), n_layers, hidden), dtype=np.float32)
     counts = np.zeros(len(prompts), dtype=np.int64)
     responses = [""] * len(prompts)
     answer_ids: list[list[int]] = [[] for _ in prompts]
     layers = decoder_layers(model)
-    device = next(model.parameters()).device
     state: dict[str, _AnswerAccumulator] = {}
-
-    def pre_hook(_module: Any, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        state["acc"].before_forward(input_ids.cpu())
 
     def layer_hook(index: int):
         def hook(_module: Any, _args: Any, output: Any) -> None:
@@ -149,38 +151,23 @@ def generate_and_capture(
 
         return hook
 
-    handles = [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    handles += [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
-    batches = _batches([len(e) for e in encoded], settings)
+    handles = [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
+    batches = _batches(encoded, settings)
+    generator = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
     bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generating", disable=not progress, unit="conv")
     try:
         for batch in batches:
-            longest = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, longest - len(encoded[i]) :] = torch.tensor(encoded[i])
-                attention[row, longest - len(encoded[i]) :] = 1
-            state["acc"] = _AnswerAccumulator(len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens)
-            if settings.do_sample:
-                torch.manual_seed(settings.seed)
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=settings.max_new_tokens + 1,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature if settings.do_sample else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad_id,
-                eos_token_id=eos_ids,
+            acc = state["acc"] = _AnswerAccumulator(len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens)
+            generated = decode(
+                model, [encoded[i] for i in batch], settings.max_new_tokens, eos_ids, pad_id,
+                before_forward=acc.before_forward, do_sample=settings.do_sample,
+                temperature=settings.temperature, generator=generator,
             )
-            acc = state["acc"]
             batch_counts = acc.counts.numpy()
             batch_means = (acc.sums / acc.counts.clamp(min=1)[:, None, None]).numpy()
             for row, i in enumerate(batch):
                 means[i], counts[i] = batch_means[row], batch_counts[row]
-                answer = generated[row, longest : longest + batch_counts[row]]
+                answer = generated[row, : batch_counts[row]]
                 answer_ids[i] = answer.tolist()
                 responses[i] = tokenizer.decode(answer, skip_special_tokens=True)
             bar.update(len(batch))

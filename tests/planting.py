@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from drift_suite import extract
+from drift_suite.decode import _left_pad
 from drift_suite.models import decoder_layers
 
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,33 +29,45 @@ def _next_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
 @contextmanager
 def planted(model: torch.nn.Module, layer: int, edit: Edit, undo: Edit, row_filter: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[None]:
     """Apply ``edit`` after ``layer`` and ``undo`` before the next block; ``row_filter(prompt_ids) -> (B,) bool``
-    picks which conversations are edited (all when None), decided at the prefill of each batch."""
+    picks which conversations are edited (all when None), decided from each batch's whole prompts."""
     rows: dict[str, torch.Tensor] = {}
+    real_decode = extract.decode
 
-    def remember_rows(_module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids.shape[1] > 1 or "mask" not in rows:  # a prefill starts a new batch
-            rows["mask"] = row_filter(input_ids) if row_filter else torch.ones(input_ids.shape[0], dtype=torch.bool)
+    def decode_remembering_rows(model_, prompt_rows, *args, **kwargs):
+        # Decided on whole prompts: a shared-prefix prefill never shows one forward the whole prompt.
+        ids, _mask = _left_pad(prompt_rows, pad_id=0)
+        rows["mask"] = row_filter(ids) if row_filter else torch.ones(len(prompt_rows), dtype=torch.bool)
+        return real_decode(model_, prompt_rows, *args, **kwargs)
+
+    def applies(hidden: torch.Tensor) -> bool:
+        # The shared-prefix stage of the prefill runs other rows; nothing is captured there, so leave it be.
+        return hidden.shape[0] == rows["mask"].shape[0]
 
     def after(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
+        if not applies(hidden):
+            return output
         edited = edit(hidden, rows["mask"])
         return (edited, *output[1:]) if isinstance(output, tuple) else edited
 
     def before(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if not applies(hidden):
+            return args, kwargs
         if args:
             return (undo(args[0], rows["mask"]), *args[1:]), kwargs
         kwargs["hidden_states"] = undo(kwargs["hidden_states"], rows["mask"])
         return args, kwargs
 
     handles = [
-        model.register_forward_pre_hook(remember_rows, with_kwargs=True),
         decoder_layers(model)[layer].register_forward_hook(after),
         _next_module(model, layer).register_forward_pre_hook(before, with_kwargs=True),
     ]
+    extract.decode = decode_remembering_rows
     try:
         yield
     finally:
+        extract.decode = real_decode
         for handle in handles:
             handle.remove()
 

@@ -1,0 +1,157 @@
+"""The measurement decoder gives what ``model.generate`` gives, and each of its speed-ups changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from drift_suite import decode as decode_module
+from drift_suite.conversations import Design, build_conversations, render_prompts
+from drift_suite.decode import GrowingLayer, decode, packed_linears, plan_prefill
+from drift_suite.extract import _eos_ids
+
+
+@pytest.fixture()
+def prompt_rows(tiny, tiny_personas):
+    prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 2, 3)))
+    return [tiny.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def _content(row: list[int], eos: set[int]) -> list[int]:
+    out = []
+    for token in row:
+        if token in eos:
+            break
+        out.append(token)
+    return out
+
+
+def _stops_some_rows_early(tiny, rows) -> list[int]:
+    """End-of-turn ids plus a token that one row generates mid-answer, so some rows end early (a random tiny
+    model rarely says its end-of-turn token)."""
+    eos = _eos_ids(tiny.model, tiny.tokenizer)
+    first = decode(tiny.model, rows, 12, eos, tiny.tokenizer.pad_token_id, share_prefixes=False, pack_weights=False)
+    return eos + [int(first[1, 4])]
+
+
+def test_plan_groups_rows_by_their_shared_prefix():
+    rows = [[1, 2, 3, 4, 5], [9, 9, 9, 9, 1], [1, 2, 3, 6, 7], [9, 9, 9, 9, 2], [1, 2, 3, 8]]
+    plan = plan_prefill(rows)
+    assert plan is not None
+    prefixes = {tuple(plan.prefixes[g]) for g in plan.group_of_row}
+    assert prefixes == {(1, 2, 3), (9, 9, 9, 9)}
+    assert [plan.prefix_length(i) for i in range(len(rows))] == [3, 4, 3, 4, 3]
+    for i, row in enumerate(rows):
+        assert row[: plan.prefix_length(i)] == plan.prefixes[plan.group_of_row[i]]
+        assert plan.prefix_length(i) < len(row), "every row keeps a token of its own"
+
+
+def test_plan_declines_when_sharing_saves_little():
+    assert plan_prefill([[1, 2, 3], [4, 5, 6], [7, 8, 9]]) is None
+    assert plan_prefill([[1, 2, 3, 4, 5, 6, 7, 8], [1, 9, 9, 9, 9, 9, 9, 9]]) is None  # 1 token of 16 shared
+    assert plan_prefill([[5, 6]]) is None
+
+
+def test_plan_prefers_one_large_group_over_many_small_ones():
+    # All share [1, 2]; pairs share one more token. One group of six saves 10 tokens, three pairs save 9.
+    rows = [[1, 2, 3, 10], [1, 2, 3, 11], [1, 2, 4, 12], [1, 2, 4, 13], [1, 2, 5, 14], [1, 2, 5, 15]]
+    plan = plan_prefill(rows, min_saving=0.0)
+    assert plan is not None and len(plan.prefixes) == 1 and plan.prefixes[0] == [1, 2]
+
+
+@pytest.mark.parametrize("share_prefixes", [True, False])
+@pytest.mark.parametrize("pack_weights", [True, False])
+def test_greedy_tokens_equal_generate(tiny, prompt_rows, share_prefixes, pack_weights):
+    if share_prefixes:
+        assert plan_prefill(prompt_rows) is not None, "the persona prompts must exercise the shared-prefix prefill"
+    model, tokenizer = tiny.model, tiny.tokenizer
+    eos = _stops_some_rows_early(tiny, prompt_rows)
+    ours = decode(model, prompt_rows, 12, eos, tokenizer.pad_token_id, share_prefixes=share_prefixes, pack_weights=pack_weights)
+    longest = max(len(r) for r in prompt_rows)
+    ids = torch.full((len(prompt_rows), longest), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(prompt_rows):
+        ids[i, longest - len(row) :], mask[i, longest - len(row) :] = torch.tensor(row), 1
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, longest:]
+    stops = set(eos)
+    ours_content = [_content(row, stops) for row in ours.tolist()]
+    assert ours_content == [_content(row, stops) for row in reference.tolist()]
+    assert any(len(c) < 12 for c in ours_content) and any(len(c) == 12 for c in ours_content), "both early and full-length stops"
+
+
+def test_feeds_back_every_generated_token_and_stops_when_all_rows_end(tiny, prompt_rows):
+    model, tokenizer = tiny.model, tiny.tokenizer
+    eos = _stops_some_rows_early(tiny, prompt_rows)
+    fed: list[torch.Tensor | None] = []
+    tokens = decode(model, prompt_rows, 12, eos, tokenizer.pad_token_id, before_forward=fed.append)
+    assert fed[0] is None, "the prefill is announced as such"
+    decoded = [f for f in fed if f is not None]
+    assert torch.equal(torch.stack(decoded, 1), tokens[:, : len(decoded)])
+    ended = torch.isin(tokens, torch.tensor(eos)).any(1)
+    if tokens.shape[1] < 12:
+        assert bool(ended.all()), "decoding stops early only when every row has ended"
+    else:
+        assert len(decoded) == 12, "the last generated token is fed back too"
+
+
+def test_growing_layer_equals_concatenation():
+    layer = GrowingLayer(capacity=3)
+    keys, values = [], []
+    for step, length in enumerate([2, 1, 1, 4]):  # crosses the capacity twice
+        k, v = torch.randn(2, 3, length, 4), torch.randn(2, 3, length, 4)
+        keys.append(k)
+        values.append(v)
+        got_k, got_v = layer.update(k, v)
+        assert torch.equal(got_k, torch.cat(keys, -2)) and torch.equal(got_v, torch.cat(values, -2)), step
+    assert layer.get_seq_length() == 8
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(layer.keys, torch.cat(keys, -2)[[1, 1, 0]])
+    k = torch.randn(3, 3, 1, 4)
+    assert torch.equal(layer.update(k, k)[0][:, :, -1:], k)
+
+
+def test_packed_linears_compute_the_same_and_are_undone(tiny):
+    model = tiny.model
+    linear = model.model.layers[0].mlp.up_proj
+    x_rows, x_other = torch.randn(5, 1, linear.in_features), torch.randn(7, 3, linear.in_features)
+    with torch.inference_mode():
+        expected = linear(x_rows), linear(x_other)
+        with packed_linears(model, rows=5) as packed:
+            assert packed and "forward" in linear.__dict__
+            got = linear(x_rows), linear(x_other)
+    assert "forward" not in linear.__dict__
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_packing_is_skipped_without_memory_for_the_copy(tiny, monkeypatch):
+    monkeypatch.setattr(decode_module, "_available_memory_bytes", lambda: 2**20)
+    with packed_linears(tiny.model, rows=4) as packed:
+        assert not packed
+        assert not any("forward" in m.__dict__ for m in tiny.model.modules())
+
+
+def test_each_speedup_leaves_the_measured_means_unchanged(tiny, tiny_personas, monkeypatch):
+    from drift_suite import extract
+    from drift_suite.extract import GenerationSettings, generate_and_capture
+
+    prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 2, 3)))
+    settings = GenerationSettings(max_new_tokens=8)
+    fast = generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False)
+    monkeypatch.setattr(extract, "decode", lambda *a, **k: decode(*a, **k, share_prefixes=False, pack_weights=False))
+    plain = generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False)
+    assert fast.answer_ids == plain.answer_ids
+    np.testing.assert_allclose(fast.means, plain.means, rtol=1e-5, atol=1e-6)
+
+
+def test_stops_as_soon_as_every_row_has_ended(tiny, prompt_rows):
+    model, tokenizer = tiny.model, tiny.tokenizer
+    first = decode(model, prompt_rows, 3, [], tokenizer.pad_token_id)
+    second_tokens = sorted(set(first[:, 1].tolist()))  # every row ends at its second token
+    fed: list[torch.Tensor | None] = []
+    tokens = decode(model, prompt_rows, 12, second_tokens, tokenizer.pad_token_id, before_forward=fed.append)
+    assert tokens.shape == (len(prompt_rows), 2)
+    assert torch.equal(tokens[:, 0], first[:, 0])
+    assert len(fed) == 2 and fed[0] is None, "the prefill and the first token; the ending tokens are not fed"
