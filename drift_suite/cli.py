@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--persona-set", help="'builtin' (default) or an upstream-format persona dir")
     check.add_argument("--layers", help="asserted layers for a new baseline: auto or L1,L2,...")
     check.add_argument("--k-sigma", type=float, help="noise-floor units a metric may move (default 3)")
-    check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens (default 16384)")
+    check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens, batch × (prompt + answer) (default 32768)")
     check.add_argument("--thorough", action="store_true", help="use the larger measurement design")
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")
     check.add_argument("--cache-dir", default=".drift_cache", help="measurement cache (default: .drift_cache)")

@@ -319,7 +319,8 @@ def decode(
     def pick(logits: torch.Tensor) -> torch.Tensor:
         if not do_sample:
             return logits.argmax(-1)
-        probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+        # On the CPU, where ``generator`` lives, so a seed gives the same answers on any device.
+        probabilities = torch.softmax(logits.float().cpu() / temperature, dim=-1)
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
 
     with contextlib.ExitStack() as stack:

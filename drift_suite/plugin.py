@@ -47,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
                     help="noise-floor units a metric may move before it fails (default 3)")
     group.addoption("--max-batch-tokens", type=int, metavar="N",
-                    help="memory budget per generation batch in tokens (batch × (prompt + answer); default 16384)")
+                    help="memory budget per generation batch in tokens (batch × (prompt + answer); default 32768)")
     group.addoption("--thorough", action="store_true", help="measure with the larger design (more conversations)")
     group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
                     help="cache of measurements keyed by weights + settings (default: .drift_cache)")

@@ -155,3 +155,15 @@ def test_stops_as_soon_as_every_row_has_ended(tiny, prompt_rows):
     assert tokens.shape == (len(prompt_rows), 2)
     assert torch.equal(tokens[:, 0], first[:, 0])
     assert len(fed) == 2 and fed[0] is None, "the prefill and the first token; the ending tokens are not fed"
+
+
+def test_sampling_is_seeded_and_tends_to_greedy_at_low_temperature(tiny, prompt_rows):
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+
+    def sample(seed: int, temperature: float) -> torch.Tensor:
+        return decode(model, prompt_rows, 8, [], pad, do_sample=True, temperature=temperature,
+                      generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sample(1, 1.0), sample(1, 1.0))
+    assert not torch.equal(sample(1, 1.0), sample(2, 1.0))
+    assert torch.equal(sample(3, 1e-8), decode(model, prompt_rows, 8, [], pad))
