@@ -1,4 +1,4 @@
-"""Fixtures of the benchmarks: the demo model (loaded once), the 64 prompts, thread setting and the results file.
+"""Fixtures of the benchmarks: the demo model (loaded once), the prompts, thread setting and the results file.
 
 Every test adds its numbers to one results dict; at the end of the session it is written to
 ``benchmarks/results.json`` (``DRIFT_BENCH_RESULTS`` elsewhere) and summarized in the terminal.
@@ -81,7 +81,7 @@ def loaded(demo_model_dir: Path, bench_environment: dict[str, Any]):
 
 @pytest.fixture(scope="session")
 def prompts(loaded) -> list[str]:
-    """The 64 benchmark prompts; records the workload's shape."""
+    """The benchmark prompts (the default design's 196, or ``DRIFT_BENCH_CONVERSATIONS``); records the workload's shape."""
     out = benchmark_prompts(loaded.tokenizer)
     lengths = [len(e) for e in encode(loaded.tokenizer, out)]
     RESULTS.setdefault("workload", {}).update(
@@ -131,7 +131,7 @@ def summarize(results: dict[str, Any]) -> dict[str, str]:
     hooks = results.get("hook_overhead", {})
     if "end_to_end_difference_share" in hooks:
         out["capture hooks' share of (a): end-to-end / isolated"] = (
-            f"{hooks['end_to_end_difference_share']:.1%} (generate alone {hooks['generate_without_hooks_best_s']} s) / "
+            f"{hooks['end_to_end_difference_share']:.1%} (decoding alone {hooks['decode_without_hooks_best_s']} s) / "
             f"{hooks['hook_work_share_of_capture']:.2%} ({hooks['hook_work_in_isolation_s']} s)"
         )
     for path, entry in results.get("peak_rss", {}).items():

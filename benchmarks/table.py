@@ -42,10 +42,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("(c) 2048² fp32 matmul", f"{r['matmul_roofline']['gflops']} GFLOP/s"))
     if "fraction_of_matmul_roofline_decode" in a:
         out.append(("(c) (a) achieved, generated-token FLOPs", f"{a['achieved_gflops_decode']} GFLOP/s = **{a['fraction_of_matmul_roofline_decode']:.1%} of the matmul**"))
-        out.append(("(c) (a) achieved, prompt + generated FLOPs", f"{a['achieved_gflops_incl_prefill']} GFLOP/s = {a['fraction_of_matmul_roofline_incl_prefill']:.1%}"))
+        out.append(("(c) (a) achieved, computed prompt + generated FLOPs", f"{a['achieved_gflops_incl_prefill']} GFLOP/s = {a['fraction_of_matmul_roofline_incl_prefill']:.1%} (prefill computed {a.get('prefill_gflop_computed')} of {a.get('prefill_gflop_all_prompt_tokens')} GFLOP: shared prefixes run once)"))
     hooks = r.get("hook_overhead", {})
     if hooks:
-        out.append(("capture hooks' share of (a)", f"{hooks.get('hook_work_share_of_capture', 0):.2%} measured in isolation ({hooks['hook_work_in_isolation_s']} s); end to end {hooks.get('end_to_end_difference_share', 0):.1%} (generate without hooks {hooks['generate_without_hooks_best_s']} s; run-to-run noise is ±5 %)"))
+        out.append(("capture hooks' share of (a)", f"{hooks.get('hook_work_share_of_capture', 0):.2%} measured in isolation ({hooks['hook_work_in_isolation_s']} s); end to end {hooks.get('end_to_end_difference_share', 0):.1%} (decoding without hooks {hooks['decode_without_hooks_best_s']} s; run-to-run noise is ±5 %)"))
     for path, label in (("capture", "(a)"), ("two_pass", "(b)")):
         entry = _get(r, "peak_rss", path)
         if entry:
@@ -72,10 +72,13 @@ def experiment_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     threads = e.get("threads")
     if threads:
         out.append(("threads → conv/s, matmul GFLOP/s", ", ".join(f"{n}: {v['conversations_per_s']}, {v['matmul_gflops']}" if "skipped" not in v else f"{n}: skipped" for n, v in threads.items())))
-    kv = e.get("kv_cache")
-    if kv:
-        out.append(("KV cache dynamic vs static (conv/s)", ", ".join(f"{k}: {v['conversations_per_s']}" for k, v in kv.items())))
-    prof = e.get("profile_static_cache")
+    variants = e.get("decoder_speedups")
+    if variants:
+        out.append(("decoder speed-ups turned off in turn → conv/s (project's speed-up over it)", ", ".join(
+            f"{k.replace('_', ' ')}: {v['conversations_per_s']}" + (f" ({v['project_speedup_over_this']}×)" if "project_speedup_over_this" in v else "")
+            for k, v in variants.items()
+        )))
+    prof = e.get("profile")
     if prof:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["share"].items())
         out.append((f"profile, batch {prof.get('batch_size')} (unprofiled {prof['unprofiled_wall_s']} s, profiled {prof['profiled_wall_s']} s)", shares))

@@ -1,7 +1,7 @@
-"""Experiments that explain (and could improve) the capture path's speed: batch size, threads, KV cache, profile.
+"""Experiments that explain the capture path's speed: batch size, threads, each decoder speed-up, profile, GEMMs.
 
-None of them changes ``drift_suite``: variants are applied from outside (generation settings, a keyword
-passed through to ``model.generate``, the torch thread count) so each gain is measured before it is adopted.
+None of them changes ``drift_suite``: variants are applied from outside (generation settings, the decoder's
+switches, the torch thread count) so each gain is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from benchmarks.workloads import (
     ARTIFACTS,
     SETTINGS,
     Timed,
+    bench_rounds,
     decode_gemm_shapes,
+    decoder_variant,
+    encode,
     gemm_gflops,
-    generate_kwargs,
     matmul_gflops,
     other_processes_cpu,
     read_bandwidth_gbs,
 )
 from drift_suite.extract import GenerationSettings, _batches, generate_and_capture
 
-BATCH_SIZES = (8, 16, 32, 64)
+BATCH_SIZES = (32, 64, 98, SETTINGS.batch_size)
 
 
 def _experiments(results: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +42,8 @@ def _line(results: dict[str, Any], name: str, text: str) -> None:
 
 
 def _decode_steps(loaded: Any, prompts: list[str], settings: GenerationSettings) -> int:
-    """Forward calls ``generate`` makes: per batch, one prefill + ``max_new_tokens`` decode steps."""
-    lengths = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    return len(_batches(lengths, settings)) * (settings.max_new_tokens + 1)
+    """Forward steps per run: per batch, the prefill (counted once) + ``max_new_tokens`` decode steps."""
+    return len(_batches(encode(loaded.tokenizer, prompts), settings)) * (settings.max_new_tokens + 1)
 
 
 def _capture_seconds(benchmark: Any, loaded: Any, prompts: list[str], settings: GenerationSettings,
@@ -130,66 +131,78 @@ def test_threads(benchmark: Any, threads: int, loaded: Any, prompts: list[str], 
     ))
 
 
-@pytest.mark.parametrize("variant", ["dynamic_cache", "static_cache"])
-def test_kv_cache_variant(benchmark: Any, variant: str, loaded: Any, prompts: list[str], results: dict[str, Any]) -> None:
-    """``generate(cache_implementation="static")``: a preallocated KV cache instead of one ``torch.cat`` per step.
+VARIANTS = {
+    "project": {},
+    "no_shared_prefix": {"share_prefixes": False},
+    "no_packed_weights": {"pack_weights": False},
+    "no_growing_cache": {"growing_cache": False},
+    "none_of_the_three": {"share_prefixes": False, "pack_weights": False, "growing_cache": False},
+}
 
-    The pair is measured back to back at the project's batch size, so both run under the same load.
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_decoder_speedups(benchmark: Any, variant: str, loaded: Any, prompts: list[str], results: dict[str, Any]) -> None:
+    """Each of the decoder's speed-ups turned off in turn (and all three), back to back: what each one is worth.
+
+    "project" is re-timed here rather than reused from (a), so the whole set runs under the same load; best
+    of ``DRIFT_BENCH_ROUNDS`` rounds (2), as single runs vary by up to ±10 % on this machine.
     """
-    settings = SETTINGS
-    kwargs = {"cache_implementation": "static"} if variant == "static_cache" else {}
     timed = Timed()
-    with generate_kwargs(loaded.model, **kwargs):
+    with decoder_variant(**VARIANTS[variant]):
         extraction = benchmark.pedantic(
-            timed.run, args=(generate_and_capture, loaded.model, loaded.tokenizer, prompts, settings),
-            kwargs={"progress": False}, rounds=1, iterations=1,
+            timed.run, args=(generate_and_capture, loaded.model, loaded.tokenizer, prompts, SETTINGS),
+            kwargs={"progress": False}, rounds=bench_rounds(2), iterations=1,
         )
     entry: dict[str, Any] = {"seconds": round(timed.best, 3), "conversations_per_s": round(len(prompts) / timed.best, 3)}
     entry["max_relative_difference_vs_capture"] = _compare_means(ARTIFACTS.get("capture"), extraction)
-    variants = _experiments(results).setdefault("kv_cache", {})
+    variants = _experiments(results).setdefault("decoder_speedups", {})
     variants[variant] = entry
-    if variant == "static_cache" and "dynamic_cache" in variants:
-        entry["speedup_over_dynamic"] = round(variants["dynamic_cache"]["seconds"] / timed.best, 3)
+    if variant != "project" and "project" in variants:
+        entry["project_speedup_over_this"] = round(timed.best / variants["project"]["seconds"], 3)
     benchmark.extra_info.update(entry)
-    _line(results, "KV cache variants (conv/s)", ", ".join(f"{k}: {v['conversations_per_s']}" for k, v in variants.items()))
+    _line(results, "decoder speed-ups off in turn (conv/s)", ", ".join(f"{k}: {v['conversations_per_s']}" for k, v in variants.items()))
 
 
 _CATEGORIES = {
-    "GEMM (linear layers, lm_head)": ("aten::mm", "aten::addmm", "aten::bmm"),
-    "KV-cache update (cat / index_copy_)": ("aten::cat", "aten::index_copy_"),
+    "GEMM (linear layers, lm_head)": ("aten::mm", "aten::addmm", "aten::bmm", "mkl::_mkl_linear"),
+    "concatenation (masks, prefill cache)": ("aten::cat", "aten::index_copy_"),
     "attention (SDPA over the KV cache)": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention", "aten::_scaled_dot_product_attention_math"),
     "copies / dtype casts": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"),
 }
 
 
 def _gemm_flops_of_batch(loaded: Any, prompts: list[str], settings: GenerationSettings) -> float:
-    """FLOPs the linear layers execute for one left-padded batch: padding included, lm_head on the last position only."""
-    from benchmarks.workloads import encode, linear_weights, lm_head_weights
+    """FLOPs the linear layers execute for one batch as the decoder runs it: padding included, one prefill stage
+    per shared-prefix plan stage, lm_head on the last position of each forward only."""
+    from benchmarks.workloads import linear_weights, lm_head_weights
+    from drift_suite.decode import plan_prefill
 
-    longest = max(len(e) for e in encode(loaded.tokenizer, prompts))
-    steps = settings.max_new_tokens + 1  # one prefill + max_new_tokens decode forwards
-    body = 2 * (linear_weights(loaded.model) - lm_head_weights(loaded.model))
-    return len(prompts) * (body * (longest + steps - 1) + 2 * lm_head_weights(loaded.model) * steps)
+    rows = encode(loaded.tokenizer, prompts)
+    body, head = 2 * (linear_weights(loaded.model) - lm_head_weights(loaded.model)), 2 * lm_head_weights(loaded.model)
+    plan = plan_prefill(rows)
+    if plan is None:
+        prefill = body * len(rows) * max(len(r) for r in rows) + head * len(rows)
+    else:
+        suffix = max(len(r) - plan.prefix_length(i) for i, r in enumerate(rows))
+        prefill = body * (len(plan.prefixes) * max(len(p) for p in plan.prefixes) + len(rows) * suffix)
+        prefill += head * (len(plan.prefixes) + len(rows))
+    return prefill + settings.max_new_tokens * len(rows) * (body + head)
 
 
 def test_profile_breakdown(benchmark: Any, loaded: Any, prompts: list[str], results: dict[str, Any]) -> None:
     """Where one capture batch (the project's batch size) spends its time, by operator class (torch.profiler self time).
 
-    Profiled with the static KV cache: unprofiled it runs as fast as the default dynamic cache (see
-    ``test_kv_cache_variant``), and the profiler barely slows it, whereas with the dynamic cache the
-    profiler inflates ``aten::cat`` to a third of the time that the unprofiled run does not spend.
-    "outside aten ops" is wall time in no operator: Python in ``generate``, the modules and the hooks.
+    "outside aten ops" is wall time in no operator: Python in the decode loop, the modules and the hooks.
     """
     batch_prompts = prompts[: SETTINGS.batch_size]
 
     def run() -> dict[str, Any]:
         timed = Timed()
-        with generate_kwargs(loaded.model, cache_implementation="static"):
-            timed.run(generate_and_capture, loaded.model, loaded.tokenizer, batch_prompts, SETTINGS, progress=False)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                start = time.perf_counter()
-                generate_and_capture(loaded.model, loaded.tokenizer, batch_prompts, SETTINGS, progress=False)
-                wall = time.perf_counter() - start
+        timed.run(generate_and_capture, loaded.model, loaded.tokenizer, batch_prompts, SETTINGS, progress=False)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            generate_and_capture(loaded.model, loaded.tokenizer, batch_prompts, SETTINGS, progress=False)
+            wall = time.perf_counter() - start
         by_category: dict[str, float] = defaultdict(float)
         total_self = 0.0
         for event in prof.key_averages():
@@ -197,7 +210,7 @@ def test_profile_breakdown(benchmark: Any, loaded: Any, prompts: list[str], resu
             total_self += seconds
             category = next((c for c, names in _CATEGORIES.items() if event.key in names), "other operators (norms, rope, silu, adds, sampling)")
             by_category[category] += seconds
-        by_category["outside aten ops (Python: generate loop, modules, hooks)"] = max(wall - total_self, 0.0)
+        by_category["outside aten ops (Python: decode loop, modules, hooks)"] = max(wall - total_self, 0.0)
         ordered = sorted(by_category.items(), key=lambda kv: -kv[1])
         gemm_s = by_category["GEMM (linear layers, lm_head)"]
         return {
@@ -210,16 +223,16 @@ def test_profile_breakdown(benchmark: Any, loaded: Any, prompts: list[str], resu
 
     entry = benchmark.pedantic(run, rounds=1, iterations=1)
     entry["batch_size"] = len(batch_prompts)
-    _experiments(results)["profile_static_cache"] = entry
+    _experiments(results)["profile"] = entry
     benchmark.extra_info.update({"unprofiled_wall_s": entry["unprofiled_wall_s"], "profiled_wall_s": entry["profiled_wall_s"], **entry["share"]})
-    _line(results, f"profile (static cache, batch {len(batch_prompts)}) unprofiled/profiled", f"{entry['unprofiled_wall_s']} / {entry['profiled_wall_s']} s")
+    _line(results, f"profile (batch {len(batch_prompts)}) unprofiled/profiled", f"{entry['unprofiled_wall_s']} / {entry['profiled_wall_s']} s")
     _line(results, "profile shares", ", ".join(f"{k.split(' (')[0]} {v:.0%}" for k, v in entry["share"].items()))
     if entry["gemm_gflops_inside_mm"]:
         _line(results, "GFLOP/s inside the model's GEMMs", str(entry["gemm_gflops_inside_mm"]))
 
 
 def test_decode_gemm_shapes(benchmark: Any, loaded: Any, results: dict[str, Any]) -> None:
-    """GFLOP/s of each GEMM shape one decode step runs, at batch 8/32/64, against the 2048² matmul.
+    """GFLOP/s of each GEMM shape one decode step runs, plain and MKL-packed, at batch 8/64/196, against the 2048² matmul.
 
     Also the memory read bandwidth, and how long one pass over the fp32 weights takes at that rate: the
     floor of a decode step's time at any batch size, since every step reads every weight once.
@@ -234,23 +247,24 @@ def test_decode_gemm_shapes(benchmark: Any, loaded: Any, results: dict[str, Any]
             "linear_weights_mb": round(weight_bytes / 2**20, 1),
             "weights_read_ms_per_step": round(weight_bytes / bandwidth / 1e6, 1),
         }
-        for batch in (8, 32, 64):
-            row: dict[str, float] = {}
-            flops = seconds = 0.0
-            for name, (k, n, count) in shapes.items():
-                rate = gemm_gflops(batch, k, n, min_seconds=0.15)
-                row[name] = round(rate, 1)
-                flops += 2 * batch * k * n * count
-                seconds += 2 * batch * k * n * count / (rate * 1e9)
-            row["one decode step, all GEMMs"] = round(flops / seconds / 1e9, 1)
-            row["one decode step, GEMM ms"] = round(seconds * 1000, 2)
-            table[f"batch {batch}"] = row
+        for batch in (8, 64, 196):
+            for packed in (False, True):
+                row: dict[str, float] = {}
+                flops = seconds = 0.0
+                for name, (k, n, count) in shapes.items():
+                    rate = gemm_gflops(batch, k, n, min_seconds=0.15, packed=packed)
+                    row[name] = round(rate, 1)
+                    flops += 2 * batch * k * n * count
+                    seconds += 2 * batch * k * n * count / (rate * 1e9)
+                row["one decode step, all GEMMs"] = round(flops / seconds / 1e9, 1)
+                row["one decode step, GEMM ms"] = round(seconds * 1000, 2)
+                table[f"batch {batch}{' packed' if packed else ''}"] = row
         return table
 
     table = benchmark.pedantic(run, rounds=1, iterations=1)
     _experiments(results)["decode_gemm_gflops"] = table
     batches = {k: v for k, v in table.items() if k.startswith("batch")}
     benchmark.extra_info.update({k: v["one decode step, all GEMMs"] for k, v in batches.items()})
-    _line(results, "decode-step GEMM GFLOP/s (batch 8/32/64)", " / ".join(str(v["one decode step, all GEMMs"]) for v in batches.values()))
-    _line(results, "decode-step GEMM ms (batch 8/32/64)", " / ".join(str(v["one decode step, GEMM ms"]) for v in batches.values()))
+    _line(results, f"decode-step GEMM GFLOP/s ({', '.join(batches)})", " / ".join(str(v["one decode step, all GEMMs"]) for v in batches.values()))
+    _line(results, f"decode-step GEMM ms ({', '.join(batches)})", " / ".join(str(v["one decode step, GEMM ms"]) for v in batches.values()))
     _line(results, "read bandwidth; one pass over the weights", f"{table['read_bandwidth_gbs']} GB/s; {table['weights_read_ms_per_step']} ms")

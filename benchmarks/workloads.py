@@ -1,9 +1,10 @@
 """The benchmarked workloads: the project's one-pass capture, a two-pass reference, FLOP counts and a roofline.
 
-Everything here runs on the same 64 conversations (the first 64 prompts of the built-in persona set under
-:data:`BENCH_DESIGN`), 48-token greedy answers, fp32, so that numbers from different paths are directly
-comparable. Generation uses the project's default batching (:class:`GenerationSettings` defaults), so the
-benchmark follows the project when that default changes.
+Everything here runs on the same conversations: what measuring one checkpoint costs, i.e. all 196 prompts
+of the built-in persona set under :data:`BENCH_DESIGN` (the project's default design), 48-token greedy
+answers, fp32, so that numbers from different paths are directly comparable. ``DRIFT_BENCH_CONVERSATIONS=N``
+takes the first N instead (64 reproduces the earlier runs). Generation uses the project's default batching
+(:class:`GenerationSettings` defaults), so the benchmark follows the project when that default changes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from drift_suite import decode as decode_module
+from drift_suite import extract
 from drift_suite.conversations import Design, build_conversations, render_prompts
 from drift_suite.extract import (
     GenerationSettings,
@@ -32,9 +35,8 @@ from drift_suite.models import decoder_layers
 from drift_suite.personas import builtin_persona_set
 
 REPO = Path(__file__).resolve().parents[1]
-N_CONVERSATIONS = 64
 BENCH_DESIGN = Design(default_questions=16, role_prompts=1, role_questions=4)
-"""Pinned (the project's default when the benchmark was written) so the prompts stay the same if it changes."""
+"""Pinned (the project's default design) so the prompts stay the same if the default changes."""
 SETTINGS = GenerationSettings(max_new_tokens=48)
 """The measured workload: 48-token greedy answers with the project's default batch size and token budget."""
 ARTIFACTS: dict[str, Any] = {}
@@ -75,9 +77,16 @@ def other_processes_cpu(min_percent: float = 20.0) -> dict[str, float]:
     return busy
 
 
-def benchmark_prompts(tokenizer: Any, n: int = N_CONVERSATIONS) -> list[str]:
-    """The first ``n`` chat-formatted prompts of the built-in persona set under :data:`BENCH_DESIGN`."""
+def bench_conversations() -> int | None:
+    """``DRIFT_BENCH_CONVERSATIONS``: how many of the design's prompts to run (all when unset)."""
+    value = os.environ.get("DRIFT_BENCH_CONVERSATIONS")
+    return int(value) if value else None
+
+
+def benchmark_prompts(tokenizer: Any, n: int | None = None) -> list[str]:
+    """The first ``n`` (default :func:`bench_conversations`, else all) chat-formatted prompts of :data:`BENCH_DESIGN`."""
     conversations = build_conversations(builtin_persona_set(), BENCH_DESIGN)
+    n = n or bench_conversations() or len(conversations)
     if len(conversations) < n:
         raise ValueError(f"{BENCH_DESIGN} gives {len(conversations)} conversations, fewer than {n}")
     return render_prompts(tokenizer, conversations)[:n]
@@ -156,10 +165,24 @@ def generate_answers(
     """:func:`generate_batch` over all prompts, batched exactly like the project path."""
     encoded = encode(tokenizer, prompts)
     answers: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches([len(e) for e in encoded], settings):
+    for batch in _batches(encoded, settings):
         out = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings, steps, **generate_kwargs)
         for i, answer in zip(batch, out):
             answers[i] = answer
+    return answers
+
+
+def decode_answers(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings = SETTINGS
+) -> list[list[int]]:
+    """The project's decoder without the capture hooks, batched like the project path: what the hooks cost."""
+    encoded = encode(tokenizer, prompts)
+    eos = _eos_ids(model, tokenizer)
+    answers: list[list[int]] = [[] for _ in prompts]
+    for batch in _batches(encoded, settings):
+        tokens = extract.decode(model, [encoded[i] for i in batch], settings.max_new_tokens, eos, _pad_id(model, tokenizer))
+        for i, row in zip(batch, tokens.tolist()):
+            answers[i] = _content(row, set(eos), settings.max_new_tokens)
     return answers
 
 
@@ -234,7 +257,7 @@ def two_pass_reference(
         token_counts=np.zeros(len(prompts), dtype=np.int64),
         answer_ids=[[] for _ in prompts],
     )
-    for batch in _batches([len(e) for e in encoded], settings):
+    for batch in _batches(encoded, settings):
         start = time.perf_counter()
         batch_answers = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings)
         result.generate_s += time.perf_counter() - start
@@ -269,8 +292,8 @@ def workload_flops(model: torch.nn.Module, prompt_lengths: Sequence[int], answer
     """Useful FLOPs of generating the answers (padding and finished rows excluded).
 
     ``decode``: per generated token ``2 × linear weights`` (non-embedding layers + lm_head) plus attention
-    over the context so far. ``prefill``: prompt tokens, without lm_head (only the last position's logits
-    are needed).
+    over the context so far. ``prefill``: every prompt token, without lm_head (only the last position's
+    logits are needed), as a one-stage prefill computes it.
     """
     per_token = 2 * linear_weights(model)
     no_head = per_token - 2 * lm_head_weights(model)
@@ -279,6 +302,27 @@ def workload_flops(model: torch.nn.Module, prompt_lengths: Sequence[int], answer
         decode += sum(per_token + attention_flops(model, p + t) for t in range(1, n + 1))
         prefill += sum(no_head + attention_flops(model, t) for t in range(1, p + 1))
     return {"decode": float(decode), "prefill": float(prefill), "per_token_linear": float(per_token)}
+
+
+def prefill_flops_computed(model: torch.nn.Module, encoded: Sequence[Sequence[int]], settings: GenerationSettings) -> float:
+    """Prefill FLOPs the project path actually runs (padding excluded): a shared prefix once per group.
+
+    Lower than :func:`workload_flops`'s ``prefill`` by what prefix sharing skips; this is the count that
+    may be set against the roofline.
+    """
+    no_head = 2 * (linear_weights(model) - lm_head_weights(model))
+    total = 0
+    for batch in _batches(encoded, settings):
+        rows = [encoded[i] for i in batch]
+        plan = decode_module.plan_prefill(rows)
+        if plan is None:
+            positions = [(0, len(r)) for r in rows]
+        else:
+            positions = [(0, len(prefix)) for prefix in plan.prefixes]
+            positions += [(plan.prefix_length(i), len(r)) for i, r in enumerate(rows)]
+        for start, end in positions:
+            total += sum(no_head + attention_flops(model, t) for t in range(start + 1, end + 1))
+    return float(total)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -295,14 +339,25 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def gemm_gflops(m: int, k: int, n: int, min_seconds: float = 0.2) -> float:
-    """GFLOP/s of ``(m × k) · (k × n)`` through ``F.linear`` (how the model calls it), timed for ``min_seconds``."""
+def gemm_gflops(m: int, k: int, n: int, min_seconds: float = 0.2, packed: bool = False) -> float:
+    """GFLOP/s of ``(m × k) · (k × n)`` as the model runs it: ``F.linear``, or MKL's packed sgemm as
+    :func:`drift_suite.decode.packed_linears` runs it (``packed``), timed for ``min_seconds``."""
     x = torch.randn(m, k)
     w = torch.randn(n, k)
-    torch.nn.functional.linear(x, w)
+    if packed:
+        weight = torch.ops.mkl._mkl_reorder_linear_weight(w, m)
+
+        def multiply() -> torch.Tensor:
+            return torch.ops.mkl._mkl_linear(x, weight, w, None, m)
+    else:
+
+        def multiply() -> torch.Tensor:
+            return torch.nn.functional.linear(x, w)
+
+    multiply()
     calls, start = 0, time.perf_counter()
     while True:
-        torch.nn.functional.linear(x, w)
+        multiply()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
@@ -337,18 +392,14 @@ def decode_gemm_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int, int]
 def hook_work_seconds(n_layers: int, hidden: int, batch: int, steps: int, repeats: int = 3) -> float:
     """CPU time the capture hooks add to ``steps`` forward calls of one batch, measured in isolation.
 
-    The same hook bodies as :func:`~drift_suite.extract.generate_and_capture` (a pre-hook feeding the
-    accumulator the last input ids, one forward hook per layer adding the last position's output) on
-    identity layers, minus the same calls without hooks: hook dispatch + the hooks' own tensor work.
+    The same work as :func:`~drift_suite.extract.generate_and_capture` does per step (the accumulator told
+    which tokens are fed, one forward hook per layer adding the last position's output) on identity layers,
+    minus the same calls without hooks: hook dispatch + the hooks' own tensor work.
     """
     layers = [torch.nn.Identity() for _ in range(n_layers)]
-    top = torch.nn.Identity()
     x = torch.randn(batch, 1, hidden)
-    ids = torch.full((batch, 1), 5, dtype=torch.long)
+    fed = torch.full((batch,), 5, dtype=torch.long)
     state: dict[str, _AnswerAccumulator] = {}
-
-    def pre_hook(_module: Any, args: tuple, kwargs: dict) -> None:
-        state["acc"].before_forward(args[0].cpu())
 
     def layer_hook(index: int):
         def hook(_module: Any, _args: Any, output: Any) -> None:
@@ -356,21 +407,21 @@ def hook_work_seconds(n_layers: int, hidden: int, batch: int, steps: int, repeat
 
         return hook
 
-    def run() -> float:
+    def run(notify: bool) -> float:
         state["acc"] = _AnswerAccumulator(batch, n_layers, hidden, [2], steps)
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(steps):
-                top(ids)
+                if notify:
+                    state["acc"].before_forward(fed)
                 for layer in layers:
                     layer(x)
         return time.perf_counter() - start
 
-    bare = min(run() for _ in range(repeats))
-    handles = [top.register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    handles += [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
+    bare = min(run(False) for _ in range(repeats))
+    handles = [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
     try:
-        hooked = min(run() for _ in range(repeats))
+        hooked = min(run(True) for _ in range(repeats))
     finally:
         for handle in handles:
             handle.remove()
@@ -381,17 +432,18 @@ def hook_work_seconds(n_layers: int, hidden: int, batch: int, steps: int, repeat
 
 
 @contextlib.contextmanager
-def generate_kwargs(model: torch.nn.Module, **kwargs: Any) -> Iterator[None]:
-    """Make ``model.generate`` receive extra keyword arguments (e.g. ``cache_implementation="static"``)."""
-    original = model.__dict__.get("generate")
-    model.generate = functools.partial(type(model).generate, model, **kwargs)  # type: ignore[method-assign]
+def decoder_variant(share_prefixes: bool = True, pack_weights: bool = True, growing_cache: bool = True) -> Iterator[None]:
+    """Run the project path with some of its decoder speed-ups turned off (for the ablation experiment)."""
+    from transformers import DynamicCache
+
+    real_decode, real_new_cache = extract.decode, decode_module.new_cache
+    extract.decode = functools.partial(real_decode, share_prefixes=share_prefixes, pack_weights=pack_weights)
+    if not growing_cache:
+        decode_module.new_cache = lambda model, capacity: DynamicCache(config=model.config)
     try:
         yield
     finally:
-        if original is None:
-            del model.generate
-        else:
-            model.generate = original  # type: ignore[method-assign]
+        extract.decode, decode_module.new_cache = real_decode, real_new_cache
 
 
 @dataclass
