@@ -24,6 +24,7 @@ import torch
 from drift_suite import decode as decode_module
 from drift_suite import extract
 from drift_suite.conversations import Design, build_conversations, render_prompts
+from drift_suite.decode import left_pad
 from drift_suite.extract import (
     GenerationSettings,
     _AnswerAccumulator,
@@ -95,18 +96,6 @@ def benchmark_prompts(tokenizer: Any, n: int | None = None) -> list[str]:
 def encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, as :func:`generate_and_capture` encodes them (no extra special tokens)."""
     return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of ``rows`` left-padded to the longest one."""
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, longest - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, longest - len(row) :] = 1
-    return ids, mask
 
 
 def _pad_id(model: torch.nn.Module, tokenizer: Any) -> int:

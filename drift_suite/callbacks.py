@@ -94,8 +94,8 @@ class DriftProbeCallback(TrainerCallback):
     # -- measuring ---------------------------------------------------------------------------------------
     def probe(self, model: torch.nn.Module, tokenizer: Any) -> ProbeResult:
         """Measure the subset on ``model`` as it is now (eval mode and no grad; restores train mode)."""
-        # A PeftModel's generate() bypasses its own forward, where the capture hooks would sit; the wrapped
-        # model (with the LoRA layers injected and active) runs the forward passes.
+        # Decode with the wrapped model (the LoRA layers are injected into it and active): its decoder layers
+        # are the ones the capture hooks find, and it takes the cache keyword of its own transformers class.
         target = model.get_base_model() if hasattr(model, "get_base_model") else model
         conversations = build_conversations(self.persona_set, self.design)
         labels = np.array([c.role for c in conversations])

@@ -85,9 +85,7 @@ def plan_prefill(rows: Sequence[Sequence[int]], min_saving: float = 0.2) -> Pref
     while end > 0:
         start = cut[end]
         run = order[start:end]
-        length = min(len(rows[i]) for i in run) - 1 if len(run) == 1 else min(
-            [lcp[k] for k in range(start, end - 1)] + [len(rows[i]) - 1 for i in run]
-        )
+        length = min([lcp[k] for k in range(start, end - 1)] + [len(rows[i]) - 1 for i in run])
         prefixes.append(list(rows[run[0]][:length]))
         for i in run:
             group_of_row[i] = len(prefixes) - 1
@@ -256,7 +254,8 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token-id rows left-padded to the longest one."""
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -328,14 +327,14 @@ def decode(
             stack.enter_context(packed_linears(model, batch))
         notify(None)
         if plan is None:
-            ids, mask = _left_pad(rows, pad_id)
+            ids, mask = left_pad(rows, pad_id)
             logits = forward(ids, mask, _positions(mask))
         else:
-            prefix_ids, prefix_mask = _left_pad(plan.prefixes, pad_id)
+            prefix_ids, prefix_mask = left_pad(plan.prefixes, pad_id)
             forward(prefix_ids, prefix_mask, _positions(prefix_mask))
             groups = torch.as_tensor(plan.group_of_row, dtype=torch.long)
             cache.batch_select_indices(groups.to(device))
-            suffix_ids, suffix_mask = _left_pad([r[plan.prefix_length(i) :] for i, r in enumerate(rows)], pad_id)
+            suffix_ids, suffix_mask = left_pad([r[plan.prefix_length(i) :] for i, r in enumerate(rows)], pad_id)
             prefix_lengths = torch.as_tensor([plan.prefix_length(i) for i in range(batch)], dtype=torch.long)
             mask = torch.cat([prefix_mask[groups], suffix_mask], dim=1)
             logits = forward(suffix_ids, mask, _positions(suffix_mask, prefix_lengths))

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from drift_suite import extract
-from drift_suite.decode import _left_pad
+from drift_suite.decode import left_pad
 from drift_suite.models import decoder_layers
 
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,7 +35,7 @@ def planted(model: torch.nn.Module, layer: int, edit: Edit, undo: Edit, row_filt
 
     def decode_remembering_rows(model_, prompt_rows, *args, **kwargs):
         # Decided on whole prompts: a shared-prefix prefill never shows one forward the whole prompt.
-        ids, _mask = _left_pad(prompt_rows, pad_id=0)
+        ids, _mask = left_pad(prompt_rows, pad_id=0)
         rows["mask"] = row_filter(ids) if row_filter else torch.ones(len(prompt_rows), dtype=torch.bool)
         return real_decode(model_, prompt_rows, *args, **kwargs)
 

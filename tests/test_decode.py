@@ -8,7 +8,7 @@ import torch
 
 from drift_suite import decode as decode_module
 from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.decode import GrowingLayer, decode, packed_linears, plan_prefill
+from drift_suite.decode import GrowingLayer, decode, left_pad, packed_linears, plan_prefill
 from drift_suite.extract import _eos_ids
 
 
@@ -68,13 +68,9 @@ def test_greedy_tokens_equal_generate(tiny, prompt_rows, share_prefixes, pack_we
     model, tokenizer = tiny.model, tiny.tokenizer
     eos = _stops_some_rows_early(tiny, prompt_rows)
     ours = decode(model, prompt_rows, 12, eos, tokenizer.pad_token_id, share_prefixes=share_prefixes, pack_weights=pack_weights)
-    longest = max(len(r) for r in prompt_rows)
-    ids = torch.full((len(prompt_rows), longest), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(prompt_rows):
-        ids[i, longest - len(row) :], mask[i, longest - len(row) :] = torch.tensor(row), 1
+    ids, mask = left_pad(prompt_rows, tokenizer.pad_token_id)
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, longest:]
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, ids.shape[1]:]
     stops = set(eos)
     ours_content = [_content(row, stops) for row in ours.tolist()]
     assert ours_content == [_content(row, stops) for row in reference.tolist()]
