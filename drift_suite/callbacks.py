@@ -100,7 +100,6 @@ class DriftProbeCallback(TrainerCallback):
         conversations = build_conversations(self.persona_set, self.design)
         labels = np.array([c.role for c in conversations])
         was_training = model.training
-        padding_side = tokenizer.padding_side
         model.eval()
         try:
             with torch.inference_mode():
@@ -109,7 +108,6 @@ class DriftProbeCallback(TrainerCallback):
                 extraction = generate_and_capture(target, tokenizer, prompts, self.settings, progress=False)
         finally:
             model.train(was_training)
-            tokenizer.padding_side = padding_side
         default_mean = extraction.means[labels == DEFAULT_ROLE].mean(axis=0)
         role_means = group_means(extraction.means, labels, self.persona_set.role_names)
         return ProbeResult(default_mean, assistant_axis(default_mean, role_means))

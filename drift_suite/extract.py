@@ -83,7 +83,6 @@ class _AnswerAccumulator:
         self.finished = torch.zeros(batch, dtype=torch.bool)
         self.eos = torch.tensor(eos_ids, dtype=torch.long)
         self.max_tokens = max_tokens
-        self.calls = 0
         self.mask: torch.Tensor | None = None
 
     def before_forward(self, fed: torch.Tensor | None) -> None:
