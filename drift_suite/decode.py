@@ -132,8 +132,9 @@ class GrowingLayer(_dynamic_layer_class()):  # type: ignore[misc]
         self._key_buffer, self._value_buffer = keys, values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        # Set directly rather than through lazy_initialization, whose signature differs between transformers
+        # 4.56 and 5; both versions read only these attributes.
+        self.is_initialized, self.dtype, self.device = True, key_states.dtype, key_states.device
         end = self._length + key_states.shape[-2]
         self._reserve(key_states, end)
         self._key_buffer[..., self._length : end, :] = key_states
@@ -152,7 +153,7 @@ class GrowingLayer(_dynamic_layer_class()):  # type: ignore[misc]
 
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
-        if self.is_initialized:
+        if self.keys is not None:
             self._length = self.keys.shape[-2]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
