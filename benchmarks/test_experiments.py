@@ -183,8 +183,7 @@ def _gemm_flops_of_batch(loaded: Any, prompts: list[str], settings: GenerationSe
     if plan is None:
         prefill = body * len(rows) * max(len(r) for r in rows) + head * len(rows)
     else:
-        suffix = max(len(r) - plan.prefix_length(i) for i, r in enumerate(rows))
-        prefill = body * (len(plan.prefixes) * max(len(p) for p in plan.prefixes) + len(rows) * suffix)
+        prefill = body * (len(plan.prefixes) * plan.prefix_columns + len(rows) * plan.suffix_columns)
         prefill += head * (len(plan.prefixes) + len(rows))
     return prefill + settings.max_new_tokens * len(rows) * (body + head)
 

@@ -40,9 +40,16 @@ class PrefillPlan:
     """Token ids of each distinct shared prefix."""
     group_of_row: list[int]
     """Index into :attr:`prefixes` for each row."""
+    suffix_columns: int
+    """Longest suffix: the width of the second prefill stage (rows left-padded to it)."""
 
     def prefix_length(self, row: int) -> int:
         return len(self.prefixes[self.group_of_row[row]])
+
+    @property
+    def prefix_columns(self) -> int:
+        """Longest prefix: the width of the first prefill stage."""
+        return max(len(p) for p in self.prefixes)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -90,10 +97,10 @@ def plan_prefill(rows: Sequence[Sequence[int]], min_saving: float = 0.2) -> Pref
         for i in run:
             group_of_row[i] = len(prefixes) - 1
         end = start
-    plan = PrefillPlan(prefixes, group_of_row)
+    suffix_columns = max(len(r) - len(prefixes[group_of_row[i]]) for i, r in enumerate(rows))
+    plan = PrefillPlan(prefixes, group_of_row, suffix_columns)
     one_stage = len(rows) * max(len(r) for r in rows)
-    suffix_longest = max(len(r) - plan.prefix_length(i) for i, r in enumerate(rows))
-    two_stage = len(prefixes) * max(len(p) for p in prefixes) + len(rows) * suffix_longest
+    two_stage = len(prefixes) * plan.prefix_columns + len(rows) * plan.suffix_columns
     return plan if two_stage <= (1 - min_saving) * one_stage else None
 
 
@@ -302,9 +309,7 @@ def decode(
     batch = len(rows)
     plan = plan_prefill(rows) if share_prefixes else None
     longest_prompt = max(len(r) for r in rows)
-    prompt_columns = longest_prompt if plan is None else (
-        max(len(p) for p in plan.prefixes) + max(len(r) - plan.prefix_length(i) for i, r in enumerate(rows))
-    )
+    prompt_columns = longest_prompt if plan is None else plan.prefix_columns + plan.suffix_columns
     cache = new_cache(model, prompt_columns + max_new_tokens)
     notify = before_forward or (lambda _fed: None)
     cache_keyword = _cache_keyword(model)

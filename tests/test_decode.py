@@ -42,6 +42,7 @@ def test_plan_groups_rows_by_their_shared_prefix():
     prefixes = {tuple(plan.prefixes[g]) for g in plan.group_of_row}
     assert prefixes == {(1, 2, 3), (9, 9, 9, 9)}
     assert [plan.prefix_length(i) for i in range(len(rows))] == [3, 4, 3, 4, 3]
+    assert (plan.prefix_columns, plan.suffix_columns) == (4, 2), "the widths of the two prefill stages"
     for i, row in enumerate(rows):
         assert row[: plan.prefix_length(i)] == plan.prefixes[plan.group_of_row[i]]
         assert plan.prefix_length(i) < len(row), "every row keeps a token of its own"
