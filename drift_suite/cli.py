@@ -19,6 +19,7 @@ from .errors import DriftSuiteError
 def _check(args: argparse.Namespace) -> int:
     from .config import config_from_options
     from .report import render_report
+    from .report_data import build_report_data
     from .runner import DriftCheck
 
     config = config_from_options(Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough)
@@ -42,7 +43,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
     if args.report != "none":
-        path = render_report(outcome.to_report_data(), Path(args.report))
+        path = render_report(build_report_data(outcome), Path(args.report))
         print(f"report: {path.resolve().as_uri()}")
     return 0 if not failed else 1
 

@@ -134,8 +134,9 @@ class DriftSession:
         if self._outcome is None or not target or target == "none":
             return None
         from .report import render_report
+        from .report_data import build_report_data
 
-        self.report_path = render_report(self._outcome.to_report_data(), Path(target))
+        self.report_path = render_report(build_report_data(self._outcome), Path(target))
         return self.report_path
 
 

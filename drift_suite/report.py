@@ -421,7 +421,7 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_report(data: dict[str, Any], path: str | Path) -> Path:
-    """Write the report for ``data`` (see the module docstring and ``report_example``) as one HTML file.
+    """Write the report for ``data`` (see the module docstring; ``tests/report_example.py`` builds a full one) as one HTML file.
 
     Returns the path written. Parent directories are created. Model text is autoescaped by jinja2.
     """

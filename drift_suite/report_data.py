@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .runner import DriftOutcome
+from .baseline import update_command
+from .runner import DriftOutcome, trajectory
 
 
 def _clean(value: Any) -> Any:
@@ -32,10 +32,8 @@ def target_layer(asserted: list[int]) -> int:
     return asserted[len(asserted) // 2]
 
 
-def build_report_data(outcome: "DriftOutcome") -> dict[str, Any]:
-    from .baseline import update_command
-    from .runner import trajectory
-
+def build_report_data(outcome: DriftOutcome) -> dict[str, Any]:
+    """The report's data dict (see :func:`drift_suite.report.render_report`) for one run's outcome."""
     baseline = outcome.baseline
     final = outcome.final.comparison
     axis_norm = np.linalg.norm(baseline.axis, axis=-1)

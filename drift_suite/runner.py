@@ -80,11 +80,6 @@ class DriftOutcome:
     def passed(self) -> bool:
         return all(check.passed for check in self.gate_checks())
 
-    def to_report_data(self) -> dict[str, Any]:
-        from .report_data import build_report_data
-
-        return build_report_data(self)
-
 
 def read_reward_log(run_dir: str | Path) -> dict[int, float]:
     """``{step: reward}`` from the trainer's ``log_history`` (the newest ``trainer_state.json`` in the run)."""

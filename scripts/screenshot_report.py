@@ -21,10 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+_REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_REPO), str(_REPO / "tests")]  # the package, and the example data kept with the tests
 
 from drift_suite.report import render_report  # noqa: E402
-from drift_suite.report_example import example_report_data  # noqa: E402
+from report_example import example_report_data  # noqa: E402
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 

@@ -14,7 +14,7 @@ import pytest
 
 from drift_suite import svgplot
 from drift_suite.report import build_context, render_report
-from drift_suite.report_example import example_report_data
+from report_example import example_report_data
 
 BASE_ANCHORS = ["projection", "rotation", "accessibility", "layer-profile", "accessibility-heatmap"]
 TRAJECTORY_ANCHORS = ["trajectory", "shift-vs-step", "reward-drift", "layer-step"]
@@ -200,3 +200,18 @@ def test_reward_correlation_needs_enough_steps(n: int, claimed: bool) -> None:
     text = json.dumps(question)
     assert ("drift tracks reward" in text) is claimed
     assert ("too few saved steps" in text) is (not claimed)
+
+
+def test_data_flows_one_way_runner_to_report() -> None:
+    """runner measures, report_data shapes its outcome, report renders: nothing upstream imports downstream."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "drift_suite"
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        return {node.module.lstrip(".") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert not {"report", "report_data"} & imported("runner")
+    assert "report" not in imported("report_data")
+    assert not (package / "report_example.py").exists(), "example data is test data, not part of the package"

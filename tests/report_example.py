@@ -1,4 +1,7 @@
-"""Synthetic, realistic report data for tests, docs and the screenshot script (no model needed)."""
+"""Synthetic, realistic report data for the report tests and ``scripts/screenshot_report.py`` (no model needed).
+
+Test and doc data, so it lives with the tests rather than in the installed package.
+"""
 
 from __future__ import annotations
 
