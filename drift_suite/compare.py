@@ -48,9 +48,27 @@ class Check:
     def sigmas(self) -> float:
         return self.deviation / self.noise if self.noise > 0 else float("inf")
 
+    @property
+    def direction(self) -> str:
+        """Which way the value moved, in words ("" for rotation, which has no sign, and for no change).
+
+        The Assistant Axis points from the role-play personas to the assistant (:func:`~.metrics.assistant_axis`),
+        so a projection above baseline moved toward the assistant and one below it toward the roles.
+        """
+        delta = self.value - self.expected
+        if not np.isfinite(delta) or delta == 0:
+            return ""
+        if self.family == PROJECTION:
+            return "toward the assistant" if delta > 0 else "toward the roles"
+        if self.family == ACCESSIBILITY:
+            return "more accessible" if delta > 0 else "less accessible"
+        return ""
+
     def message(self) -> str:
         where = f" at step {self.step}" if self.step is not None else ""
         verdict = "drifted" if not self.passed else "within tolerance"
+        if self.direction:
+            verdict += f" ({self.direction})" if self.passed else f" {self.direction}"
         return (
             f"{self.family} {self.subject}{where} {verdict}: {self.value:.4g}{self.unit} vs baseline "
             f"{self.expected:.4g}{self.unit} (|Δ| = {self.deviation:.4g}{self.unit} = {self.sigmas:.1f}× noise floor; "
@@ -58,7 +76,8 @@ class Check:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"passed": self.passed, "sigmas": self.sigmas, "deviation": self.deviation}
+        return asdict(self) | {"passed": self.passed, "sigmas": self.sigmas, "deviation": self.deviation,
+                               "direction": self.direction}
 
 
 @dataclass

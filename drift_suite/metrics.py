@@ -121,40 +121,71 @@ def bootstrap_noise_floor(
     )
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
-    rx, ry = _rank(np.asarray(x, float)), _rank(np.asarray(y, float))
-    if np.std(rx) == 0 or np.std(ry) == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+MIN_PAIRS_FOR_CI = 7
+"""Fewest (x, y) pairs for which :func:`spearman_bootstrap_ci` gives an interval. Below it the percentile
+bootstrap of a rank correlation covers the true value far less often than its level says: many resamples
+hold only two or three distinct pairs, whose ρ is ±1. Measured by ``scripts/spearman_ci_coverage.py``
+(coverage per n in ``docs/noise-floor.md``)."""
 
 
-def _rank(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), float)
-    ranks[order] = np.arange(len(values), dtype=float)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ of each row pair of ``x (B, n)`` and ``y (B, n)``: ``(B,)``, NaN where a row is constant."""
+    rx, ry = _ranks_rows(x), _ranks_rows(y)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (rx * ry).sum(axis=1) / denominator
+    return np.where(denominator > 0, rho, np.nan)
+
+
+def _ranks_rows(values: np.ndarray) -> np.ndarray:
+    """0-based ranks within each row of ``values (B, n)``, ties sharing their average rank."""
+    ranks = np.empty(values.shape, float)
+    n = values.shape[1]
+    chunk = max(1, 4_000_000 // max(n * n, 1))  # bounds the (chunk, n, n) comparison cube's memory
+    for start in range(0, len(values), chunk):
+        block = values[start:start + chunk]
+        below = (block[:, None, :] < block[:, :, None]).sum(axis=2)
+        tied = (block[:, None, :] == block[:, :, None]).sum(axis=2)
+        ranks[start:start + chunk] = below + (tied - 1) / 2
     return ranks
 
 
-def spearman_bootstrap_ci(
-    x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the Spearman correlation over (x, y) pairs."""
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    return float(_spearman_rows(np.asarray(x, float)[None], np.asarray(y, float)[None])[0])
+
+
+def spearman_bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """Spearman ρ of ``n_boot`` resamples (with replacement) of the (x, y) pairs: ``(n_boot,)``, NaN where a
+    resample is constant on one side."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(n_boot):
-        index = rng.integers(0, len(x), len(x))
-        value = spearman(x[index], y[index])
-        if not np.isnan(value):
-            samples.append(value)
-    if not samples:
+    index = np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))
+    return _spearman_rows(x[index], y[index])
+
+
+def spearman_bootstrap_ci(
+    x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+    min_pairs: int = MIN_PAIRS_FOR_CI,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the Spearman correlation over (x, y) pairs.
+
+    ``(nan, nan)`` where the bootstrap lacks the support for an interval: fewer than ``min_pairs`` pairs, or
+    a degenerate resampling distribution whose interval does not hold the estimate strictly inside it (e.g.
+    ρ = 1 on a monotone sample, where every resample gives 1 and "[1, 1]" would claim certainty).
+    """
+    if len(x) < max(min_pairs, 3):
+        return float("nan"), float("nan")
+    samples = spearman_bootstrap(x, y, n_boot, seed)
+    samples = samples[~np.isnan(samples)]
+    rho = spearman(x, y)
+    if not len(samples) or np.isnan(rho):
         return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail])
+    if not low < rho < high:
+        return float("nan"), float("nan")
     return float(low), float(high)
 
 

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from . import svgplot as sp
+from .metrics import MIN_PAIRS_FOR_CI
 from .svgplot import Series, fmt_num, num
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def _check_row(c: dict[str, Any]) -> dict[str, Any]:
         "family": c.get("family", "–"), "subject": c.get("subject", "–"),
         "step": "–" if c.get("step") is None else c.get("step"),
         "value": with_unit(c.get("value")), "expected": with_unit(c.get("expected")),
+        "direction": c.get("direction") or "–",
         "sigmas": _sigmas_text(c.get("sigmas")), "threshold": with_unit(c.get("threshold")),
         "passed": bool(c.get("passed")), "message": c.get("message", ""),
     }
@@ -82,11 +84,12 @@ def _family_meaning(family: str, checks: list[dict[str, Any]], data: dict[str, A
         if not failed:
             return (f"The default assistant sits where it did on the Assistant Axis at all {len(checks)} asserted layers "
                     f"(largest change {_sigmas_text(worst.get('sigmas'))}σ).")
-        toward = sum((num(c.get("value")) or 0) < (num(c.get("expected")) or 0) for c in failed)
-        direction = ("toward the role-playing end (less assistant-like)" if toward * 2 >= len(failed)
-                     else "further toward the assistant end")
-        return (f"The default assistant moved along the Assistant Axis {direction} at {len(failed)} of {len(checks)} "
-                f"asserted layers ({', '.join(str(c.get('subject')) for c in failed)}).")
+        parts = []
+        for direction, gloss in (("toward the roles", "less assistant-like"), ("toward the assistant", "more assistant-like")):
+            moved = [str(c.get("subject")) for c in failed if c.get("direction") == direction]
+            if moved:
+                parts.append(f"{direction} ({gloss}) at {len(moved)} of {len(checks)} asserted layers ({', '.join(moved)})")
+        return "The default assistant moved along the Assistant Axis " + (" and ".join(parts) or "beyond threshold") + "."
     if family == "rotation":
         degs = [num(c.get("value")) for c in checks if num(c.get("value")) is not None]
         biggest = f"{fmt_num(max(degs), 2)}°" if degs else "–"
@@ -207,6 +210,19 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     return plots
 
 
+def _window_segments(steps: Sequence[Any], values: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """x and y of one flat segment per checkpoint, from the previous checkpoint to it, at its window-mean value;
+    None between segments so the line breaks."""
+    xs: list[Any] = []
+    ys: list[Any] = []
+    for i, (step, value) in enumerate(zip(steps, values)):
+        if i == 0 or num(value) is None or num(step) is None or num(steps[i - 1]) is None:
+            continue
+        xs += [steps[i - 1], step, None]
+        ys += [value, value, None]
+    return xs, ys
+
+
 def _max_dev(matrix: Sequence[Sequence[Any]], center: float) -> float:
     devs = [abs(v - center) for row in matrix for v in (num(x) for x in _list(row)) if v is not None]
     return max(devs, default=0.0)
@@ -250,17 +266,21 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
         rlog = traj.get("reward_log") or {}
         left = []
         if _list(rlog.get("reward")):
-            left.append(Series("reward (log)", _list(rlog.get("reward")), x=_list(rlog.get("steps")), color=sp.PALETTE[2],
-                               markers=False, width=1.5))
-        if _list(traj.get("reward")):
-            left.append(Series("reward at checkpoints", _list(traj.get("reward")), x=steps, color=sp.PALETTE[2], width=0))
-        drift = [None if num(v) is None else abs(num(v)) for v in shift_t]
-        right = [Series(f"|shift| layer {target}", drift, x=steps, color=sp.PALETTE[1])] if drift else []
+            left.append(Series("reward (logged)", _list(rlog.get("reward")), x=_list(rlog.get("steps")), color=sp.PALETTE[2],
+                               markers=False, width=1.2))
+        window_x, window_y = _window_segments(steps, _list(traj.get("reward")))
+        if window_x:
+            # A checkpoint's reward is the mean over the steps since the previous checkpoint: drawn over that window.
+            left.append(Series("mean reward since the previous checkpoint", window_y, x=window_x, color=sp.PALETTE[2],
+                               markers=False, width=4))
+        toward_roles = [None if num(v) is None else -num(v) for v in shift_t]
+        right = ([Series(f"shift toward the roles, layer {target}", toward_roles, x=steps, color=sp.PALETTE[1])]
+                 if shift_t else [])
         if not left and not right:
             return None
         return sp.dual_axis_chart(left, right, title="Reward and drift over training", xlabel="training step",
-                                  left_label="reward", right_label="|projection shift|", note=_spearman_text(spear),
-                                  width=1100, height=320)
+                                  left_label="reward", right_label="projection shift toward the roles",
+                                  note=_spearman_text(spear), width=1100, height=320)
 
     def layer_step() -> str | None:
         if not shift:
@@ -278,38 +298,43 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
         {"id": "shift-vs-step", "title": "(7) Projection shift vs step", "svg": _safe("shift-vs-step", shift_vs_step),
          "wide": True, "caption": "Drift of the default persona at the target layer; outside the outer band the check fails."},
         {"id": "reward-drift", "title": "(8) Reward and drift", "svg": _safe("reward-drift", reward_drift), "wide": True,
-         "caption": _spearman_text(spear, long=True)},
+         "caption": "Thin line: reward as the trainer logged it. Thick segments: its mean over the steps since the "
+                    "previous checkpoint, the value paired with that checkpoint's drift. " + _spearman_text(spear, long=True)},
         {"id": "layer-step", "title": "(9) Layer × step", "svg": _safe("layer-step", layer_step), "wide": True,
          "caption": "Projection shift relative to its threshold: beyond ±1 (dots) a check at that layer would fail."},
     ]
 
 
-MIN_STEPS_FOR_CORRELATION = 6
-"""Below this many saved steps a rank correlation's bootstrap CI is degenerate, so no link is claimed."""
+def _interval(spear: dict[str, Any]) -> tuple[float, float] | None:
+    lo, hi = (num(_at(_list(spear.get("ci")), i)) for i in (0, 1))
+    return (lo, hi) if lo is not None and hi is not None else None
 
 
 def _correlation_clear(spear: dict[str, Any]) -> bool:
-    lo, hi = (num(_at(_list(spear.get("ci")), i)) for i in (0, 1))
-    enough = (spear.get("n") or 0) >= MIN_STEPS_FOR_CORRELATION
-    return enough and lo is not None and hi is not None and (lo > 0 or hi < 0)
+    ci = _interval(spear)
+    return (spear.get("n") or 0) >= MIN_PAIRS_FOR_CI and ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
 def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
     rho = num(spear.get("rho")) if spear else None
     if rho is None:
-        return "Spearman ρ: – (not enough steps)" if long else "ρ = –"
-    ci = _list(spear.get("ci"))
-    ci_text = f"[{fmt_num(_at(ci, 0), 2)}, {fmt_num(_at(ci, 1), 2)}]"
-    short = f"Spearman ρ = {fmt_num(rho, 2)}, 95% CI {ci_text}, n = {spear.get('n', '–')}"
+        return "Spearman ρ: – (too few steps with both reward and drift)" if long else "ρ = –"
+    n = spear.get("n") or 0
+    ci = _interval(spear)
+    if n < MIN_PAIRS_FOR_CI:
+        # The bootstrap of so few pairs is degenerate (ρ often on its own bound): no interval is shown.
+        short = f"Spearman ρ = {fmt_num(rho, 2)}, n = {n}: too few steps for an interval"
+        verdict = f"too few saved steps to tell (an interval needs at least {MIN_PAIRS_FOR_CI})"
+    elif ci is None:
+        short = f"Spearman ρ = {fmt_num(rho, 2)}, n = {n}: no interval (degenerate bootstrap)"
+        verdict = "every resample gives about the same ρ, so the bootstrap cannot size the uncertainty"
+    else:
+        short = f"Spearman ρ = {fmt_num(rho, 2)}, 95% CI [{fmt_num(ci[0], 2)}, {fmt_num(ci[1], 2)}], n = {n}"
+        verdict = ("the CI excludes 0: drift tracks reward" if _correlation_clear(spear)
+                   else "the CI includes 0: no clear link between reward and drift")
     if not long:
         return short
-    if (spear.get("n") or 0) < MIN_STEPS_FOR_CORRELATION:
-        verdict = f"too few saved steps to tell (needs at least {MIN_STEPS_FOR_CORRELATION})"
-    elif _correlation_clear(spear):
-        verdict = "the CI excludes 0: drift tracks reward"
-    else:
-        verdict = "the CI includes 0: no clear link between reward and drift"
-    return f"{short} between reward and {spear.get('drift_metric', 'drift')}; {verdict}."
+    return f"{short}, between reward and {spear.get('drift_metric', 'drift')}; {verdict}."
 
 
 def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

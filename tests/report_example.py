@@ -9,6 +9,9 @@ import math
 import random
 from typing import Any
 
+from drift_suite.compare import Check
+from drift_suite.metrics import spearman, spearman_bootstrap_ci
+
 ROLES = [
     "tutor", "librarian", "doctor", "lawyer", "chef", "coach", "salesperson", "detective", "philosopher", "poet",
     "comedian", "conspiracy_theorist", "cowboy", "knight", "wizard", "robot", "alien", "vampire", "ghost", "pirate",
@@ -62,14 +65,8 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
     checks: list[dict[str, Any]] = []
 
     def check(family: str, subject: str, value: float, expected: float, thr: float, noise: float, unit: str) -> None:
-        dev = abs(value - expected)
-        passed = dev <= thr
-        sig = dev / noise if noise > 0 else float("inf")
-        msg = (f"{family} {subject} {'within tolerance' if passed else 'drifted'}: {value:.4g}{unit} vs baseline "
-               f"{expected:.4g}{unit} (|Δ| = {dev:.4g}{unit} = {sig:.1f}σ; threshold {thr:.4g}{unit})")
-        checks.append({"family": family, "subject": subject, "value": value, "expected": expected, "threshold": thr,
-                       "noise": noise, "unit": unit, "step": steps[-1] if with_trajectory else None, "passed": passed,
-                       "sigmas": sig, "deviation": dev, "detail": "", "message": msg})
+        made = Check(family, subject, value, expected, thr, noise, unit=unit, step=steps[-1] if with_trajectory else None)
+        checks.append(made.to_dict() | {"message": made.message()})
 
     for l in asserted:
         check("projection", f"layer {l}", ckpt_proj[l], base_proj[l], proj_thr[l], noise_proj[l], "")
@@ -126,9 +123,12 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
         # PCA plane: personas spread around, the default persona walks from the assistant corner toward them.
         persona_xy = [[-3.0 + 7.0 * i / (R - 1) + rng.gauss(0, 0.5), rng.gauss(0, 1.3)] for i in range(R)]
         steps_xy = [[-4.2 + 2.6 * g * strength + rng.gauss(0, 0.08), -0.4 + 0.9 * g * strength] for g in growth]
-        reward = [0.08, 0.21, 0.34, 0.41, 0.47]
+        reward: list[float | None] = [None, 0.21, 0.34, 0.41, 0.47]  # step 0 is the baseline: nothing logged yet
         log_steps = list(range(0, 201, 10))
         reward_log = [0.08 + 0.39 * (1 - math.exp(-s / 90)) / (1 - math.exp(-200 / 90)) + rng.gauss(0, 0.03) for s in log_steps]
+        paired_reward = reward[1:]
+        toward_roles = [-row[target] for row in shift_by_step[1:]]
+        ci = spearman_bootstrap_ci(paired_reward, toward_roles)
         data["trajectory"] = {
             "steps": steps, "target_layer": target,
             "projection_shift": shift_by_step, "projection_threshold": proj_thr, "noise_projection": noise_proj,
@@ -136,8 +136,8 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
             "pca": {"explained_variance": [0.412, 0.187], "persona_names": list(ROLES), "persona_xy": persona_xy,
                     "steps_xy": steps_xy},
             "reward": reward, "reward_log": {"steps": log_steps, "reward": reward_log},
-            "spearman": {"rho": 0.9 if failing else 0.1, "ci": [0.6, 1.0] if failing else [-0.8, 0.9],
-                         "drift_metric": f"|projection shift| at layer {target}", "n": len(steps)},
+            "spearman": {"rho": spearman(paired_reward, toward_roles), "ci": [None if math.isnan(v) else v for v in ci],
+                         "drift_metric": f"projection shift toward the roles at layer {target}", "n": len(paired_reward)},
             "worst_step": {"projection": steps[-1], "rotation": steps[-1], "accessibility": steps[-1]},
         }
     return data

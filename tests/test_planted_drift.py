@@ -53,6 +53,10 @@ def test_planted_vector_along_axis_shifts_projection_by_planted_amount(tiny, mea
     with planted(tiny.model, layer, *add_vector(planted_shift * direction)):
         comparison = compare(baseline, again(), STRICT)
     assert comparison.projection_shift[layer] == pytest.approx(planted_shift, rel=0.05)
+    # a planted move along the axis (which points at the assistant) is named by its sign
+    check = next(c for c in comparison.checks_for("projection") if c.subject == f"layer {layer}")
+    assert check.direction == ("toward the assistant" if amount > 0 else "toward the roles")
+    assert not check.passed and f"drifted {check.direction}:" in check.message()
     others = [i for i in range(len(baseline.axis)) if i != layer]
     np.testing.assert_allclose(comparison.projection_shift[others], 0.0, atol=1e-4 * axis_norm)
     # the same vector moves default and roles alike: the axis and the roles' reach do not change
