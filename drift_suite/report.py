@@ -138,6 +138,8 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     all_layers = _list(layers.get("all")) or list(range(n_layers))
     asserted = [l for l in _list(layers.get("asserted")) if num(l) is not None]
     plots: list[dict[str, Any]] = []
+    # Plots (1)-(5) show one checkpoint: for a run, its last step.
+    at_step = f" at step {data['step']}" if data.get("step") is not None else ""
 
     def projection() -> str | None:
         base, ckpt, thr = _list(proj.get("baseline")), _list(proj.get("checkpoint")), _list(proj.get("threshold"))
@@ -148,7 +150,7 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         return sp.line_chart(all_layers, [Series("baseline", base, color=sp.MUTED, dash=True, markers=False),
                                           Series("checkpoint", ckpt, color=sp.PALETTE[1], flags=flags)],
                              band=_band(base, thr), band_label="baseline ± threshold", highlight_x=asserted,
-                             title="Default persona's projection on the Assistant Axis", xlabel="layer",
+                             title=f"Default persona's projection on the Assistant Axis{at_step}", xlabel="layer",
                              ylabel="projection", width=1100, height=340)
 
     def rotation() -> str | None:
@@ -160,7 +162,7 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         return sp.line_chart(all_layers, [Series("rotation", deg, color=sp.PALETTE[0], flags=flags),
                                           Series("threshold", thr, color=sp.FAIL_COLOR, dash=True, markers=False)],
                              inner_band=([0.0] * len(all_layers), _list(rot.get("noise")) or [None] * len(all_layers)),
-                             inner_label="noise floor (1σ)", highlight_x=asserted, title="Rotation of the Assistant Axis",
+                             inner_label="noise floor (1σ)", highlight_x=asserted, title=f"Rotation of the Assistant Axis{at_step}",
                              xlabel="layer", ylabel="angle to baseline axis (°)")
 
     def accessibility() -> str | None:
@@ -170,8 +172,9 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         flags = [num(_at(ratio, i)) is not None and num(_at(thr, i)) is not None
                  and abs(num(ratio[i]) - 1.0) > num(thr[i]) for i in range(len(roles))]
         return sp.bar_chart(roles, [_at(ratio, i) for i in range(len(roles))], tolerance=[_at(thr, i) for i in range(len(roles))],
-                            flags=flags, title="Persona accessibility (checkpoint ÷ baseline), largest change first",
-                            xlabel="accessibility ratio (1 = unchanged)", width=1100)
+                            flags=flags, title=f"Persona accessibility{at_step} (checkpoint ÷ baseline), largest change first",
+                            xlabel="accessibility ratio (1 = unchanged)", above_label="more accessible",
+                            below_label="less accessible", width=1100)
 
     def layer_profile() -> str | None:
         shift, deg = _list(prof.get("shift_over_axis")), _list(prof.get("rotation_deg"))
@@ -179,15 +182,16 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
             return None
         return sp.dual_axis_chart([Series("|shift| / axis length", shift, x=all_layers[:len(shift)], color=sp.PALETTE[1])],
                                   [Series("rotation (°)", deg, x=all_layers[:len(deg)], color=sp.PALETTE[0], dash=True)],
-                                  title="Which layers moved most", xlabel="layer", left_label="|shift| / ‖axis‖",
+                                  title=f"Which layers moved most{at_step}", xlabel="layer", left_label="|shift| / ‖axis‖",
                                   right_label="rotation (°)")
 
     def heat() -> str | None:
         by_layer, roles = _list(acc.get("by_layer")), _list(acc.get("roles"))
         if not by_layer:
             return None
-        return sp.heatmap(by_layer, roles, all_layers, center=1.0, span=max(0.3, _max_dev(by_layer, 1.0)),
-                          title="Accessibility by role and layer", xlabel="layer", legend_label="ratio (1 = unchanged)")
+        return sp.heatmap(by_layer, roles, all_layers, center=1.0, span=sp.round_span(max(0.3, _max_dev(by_layer, 1.0))),
+                          title=f"Accessibility by role and layer{at_step} (checkpoint ÷ baseline)", xlabel="layer",
+                          legend_label="ratio (1 = unchanged)", below_text="less accessible", above_text="more accessible")
 
     plots += [
         {"id": "projection", "title": "(1) Projection per layer", "svg": _safe("projection", projection), "wide": True,
@@ -199,10 +203,12 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": "layer-profile", "title": "(3) Layer profile", "svg": _safe("layer-profile", layer_profile), "wide": False,
          "caption": "Projection shift relative to the axis length, and rotation, per layer: where the change concentrates."},
         {"id": "accessibility", "title": "(4) Persona accessibility", "svg": _safe("accessibility", accessibility), "wide": True,
-         "caption": "How far each persona prompt still moves the model, relative to baseline. >1: easier to slip into the "
-                    "persona; <1: harder. Shaded = tolerance."},
+         "caption": "How far each persona prompt still moves the model, relative to baseline, on a scale symmetric "
+                    "around 1. Red, > 1: easier to slip into the persona; blue, < 1: harder. Saturated, outlined bars "
+                    "fail; grey shading = tolerance."},
         {"id": "accessibility-heatmap", "title": "(5) Accessibility by layer", "svg": _safe("accessibility-heatmap", heat),
-         "wide": True, "caption": "The same ratio per role and layer: red = more accessible, blue = less."},
+         "wide": True, "caption": "The same ratio per role and layer, on a colour scale symmetric around 1: red = more "
+                                  "accessible, blue = less, as in (4)."},
     ]
     traj = data.get("trajectory")
     if traj:
@@ -245,9 +251,15 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
         yl = f"PC2 ({fmt_num((num(_at(ev, 1)) or math.nan) * 100, 3)}% var.)" if ev else "PC2"
         if not p.get("persona_xy") and not p.get("steps_xy"):
             return None
-        return sp.trajectory_chart(_list(p.get("steps_xy")), [f"step {s}" for s in steps], _list(p.get("persona_xy")),
-                                   _list(p.get("persona_names")), title="Persona space (PCA of baseline role means)",
-                                   xlabel=xl, ylabel=yl, width=1100, height=480)
+        step_labels = [f"step {s}" for s in steps]
+        names, persona_xy = _list(p.get("persona_names")), _list(p.get("persona_xy"))
+        if names[:1] == ["default"] and step_labels and steps[0] == 0:
+            # Step 0 is the baseline's default persona itself: one point, one label.
+            names, persona_xy = names[1:], persona_xy[1:]
+            step_labels[0] = "step 0 = baseline default"
+        return sp.trajectory_chart(_list(p.get("steps_xy")), step_labels, persona_xy, names,
+                                   title="Persona space (PCA of baseline role means)", xlabel=xl, ylabel=yl,
+                                   width=1100, height=480)
 
     def shift_vs_step() -> str | None:
         if not shift:
@@ -285,23 +297,28 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
     def layer_step() -> str | None:
         if not shift:
             return None
-        ratio = [[None if num(v) is None or not num(_at(thr, j)) else num(v) / num(thr[j]) for j, v in enumerate(_list(row))]
+        # Signed toward the roles, so red means "toward the roles" here as it means "more accessible" in (4)-(5).
+        ratio = [[None if num(v) is None or not num(_at(thr, j)) else -num(v) / num(thr[j]) for j, v in enumerate(_list(row))]
                  for row in shift]
-        return sp.heatmap(ratio, [f"step {s}" for s in steps], all_layers, center=0.0, span=max(1.5, _max_dev(ratio, 0.0)),
-                          mark_abs_over=1.0, title="Projection shift ÷ threshold, per layer and step", xlabel="layer",
-                          legend_label="shift / threshold", cell_height=24)
+        return sp.heatmap(ratio, [f"step {s}" for s in steps], all_layers, center=0.0,
+                          span=sp.round_span(max(1.5, _max_dev(ratio, 0.0))), mark_abs_over=1.0,
+                          title="Projection shift toward the roles ÷ threshold, per layer and step", xlabel="layer",
+                          legend_label="shift / threshold", below_text="toward the assistant", above_text="toward the roles",
+                          cell_height=24)
 
     return [
         {"id": "trajectory", "title": "(6) Trajectory in persona space", "svg": _safe("trajectory", pca), "wide": True,
          "caption": "Baseline persona means projected on their first two principal components; the path is the "
                     "default assistant at each training step."},
         {"id": "shift-vs-step", "title": "(7) Projection shift vs step", "svg": _safe("shift-vs-step", shift_vs_step),
-         "wide": True, "caption": "Drift of the default persona at the target layer; outside the outer band the check fails."},
+         "wide": True, "caption": "Drift of the default persona at the target layer: below 0 toward the roles, above 0 toward "
+                                  "the assistant; outside the outer band the check fails."},
         {"id": "reward-drift", "title": "(8) Reward and drift", "svg": _safe("reward-drift", reward_drift), "wide": True,
          "caption": "Thin line: reward as the trainer logged it. Thick segments: its mean over the steps since the "
                     "previous checkpoint, the value paired with that checkpoint's drift. " + _spearman_text(spear, long=True)},
         {"id": "layer-step", "title": "(9) Layer × step", "svg": _safe("layer-step", layer_step), "wide": True,
-         "caption": "Projection shift relative to its threshold: beyond ±1 (dots) a check at that layer would fail."},
+         "caption": "Projection shift relative to its threshold, red toward the roles and blue toward the assistant: "
+                    "beyond ±1 (dots) a check at that layer would fail."},
     ]
 
 

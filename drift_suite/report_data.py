@@ -44,6 +44,7 @@ def build_report_data(outcome: DriftOutcome) -> dict[str, Any]:
         "title": f"drift_suite report: {outcome.checkpoint}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "verdict": "PASS" if outcome.passed else "FAIL",
+        "step": outcome.final.step,  # the step plots (1)-(5) show; None for a single checkpoint
         "checkpoint": outcome.checkpoint,
         "baseline_dir": outcome.baseline_dir,
         "model": baseline.manifest["model"],

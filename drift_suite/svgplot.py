@@ -21,8 +21,11 @@ FAIL_COLOR = "#D55E00"
 BAND_COLOR = "#0072B2"
 MUTED = "#6b7280"
 GRID = "#e5e7eb"
-# Diverging blue–white–vermillion; blue/orange stays distinguishable for red-green deficiencies.
+# Diverging blue–white–red (ColorBrewer RdBu); blue/red stays distinguishable for red-green deficiencies.
 _DIVERGING = [(33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43)]
+# One meaning in every plot: red = above the reference (e.g. more accessible), blue = below it.
+ABOVE_COLOR, ABOVE_LIGHT = "#b2182b", "#f4a582"
+BELOW_COLOR, BELOW_LIGHT = "#2166ac", "#92c5de"
 _CHAR_W = 6.6  # approximate width of one 12px sans-serif character, for layout without font metrics
 _ids = itertools.count()
 
@@ -162,7 +165,7 @@ def _svg(width: int, height: int, body: Sequence[str], title: str = "", legend: 
         f"<title>{_esc(title)}</title>" if title else "",
         "<style>.tick{font-size:11px;fill:#4b5563}.axis{font-size:12px;fill:#374151}"
         ".ttl{font-size:14px;font-weight:600;fill:#111827}.lab{font-size:11px;fill:#374151}"
-        ".lg{font-size:11.5px;fill:#374151}</style>",
+        ".lg{font-size:11.5px;fill:#374151}.plab{fill:#374151}</style>",
     ]
     if title:
         head.append(f'<text x="12" y="19" class="ttl">{_esc(title)}</text>')
@@ -289,11 +292,25 @@ def dual_axis_chart(left: Sequence[Series], right: Sequence[Series], *, title: s
     return _svg(width, height, body, title, legend)
 
 
+def round_span(deviation: float) -> float:
+    """The smallest round number (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k) at least ``deviation``: a symmetric
+    scale ``center ± round_span`` then has round ends and a round midpoint on each side."""
+    if not deviation or not math.isfinite(deviation) or deviation <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(deviation))
+    return next(round(m * mag, 12) for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * mag >= deviation * (1 - 1e-9))
+
+
 def bar_chart(labels: Sequence[str], values: Sequence[Any], *, tolerance: Sequence[Any] | float | None = None,
               ref: float = 1.0, flags: Sequence[bool] | None = None, title: str = "", xlabel: str = "",
+              above_label: str = "above", below_label: str = "below",
               sort: bool = True, width: int = 600, row_height: int = 18) -> str:
-    """Horizontal bars growing from ``ref`` to each value, sorted by ``|value - ref|`` (largest first),
-    with a shaded per-row tolerance band ``ref ± tolerance`` and a vertical reference line at ``ref``."""
+    """Horizontal bars growing from ``ref`` to each value, sorted by ``|value - ref|`` (largest first), on an
+    x axis symmetric around ``ref``, with a shaded per-row tolerance band ``ref ± tolerance``.
+
+    Bars above ``ref`` are red, below it blue (as in :func:`heatmap`); flagged (failing) bars are saturated and
+    outlined, the others light.
+    """
     n = len(labels)
     tol = [tolerance] * n if not isinstance(tolerance, Sequence) else list(tolerance)
     rows = list(zip(labels, values, tol, flags if flags is not None else [False] * n))
@@ -301,34 +318,40 @@ def bar_chart(labels: Sequence[str], values: Sequence[Any], *, tolerance: Sequen
         rows.sort(key=lambda r: -abs((num(r[1]) if num(r[1]) is not None else ref) - ref))
     label_w = min(max((len(str(r[0])) for r in rows), default=4) * _CHAR_W + 14, 200)
     height = 44 + 46 + row_height * max(n, 1)
-    extra = [ref + (num(t) or 0) for t in tol] + [ref - (num(t) or 0) for t in tol]
-    frame = _Frame(width, height, _extent([r[1] for r in rows], include=[ref, *extra]), (0.0, 1.0), (int(label_w), 50, 44, 46))
-    body = frame.axes(xlabel, "", grid=False, yticks=False)
-    for t in nice_ticks(*frame.xlim, target=8):
-        if frame.xlim[0] <= t <= frame.xlim[1]:
-            body.insert(0, f'<line x1="{frame.x(t):.1f}" x2="{frame.x(t):.1f}" y1="{frame.top}" y2="{height - frame.bottom}" stroke="{GRID}"/>')
+    reach = max([abs(v - ref) for v in (num(r[1]) for r in rows) if v is not None]
+                + [t for t in (num(r[2]) for r in rows) if t is not None], default=0.0)
+    half = round_span(reach * 1.05)
+    frame = _Frame(width, height, (ref - half, ref + half), (0.0, 1.0), (int(label_w), 50, 44, 46))
+    xticks = [ref + half * k / 2 for k in range(-2, 3)]
+    body = frame.axes(xlabel, "", xticks=xticks, grid=False, yticks=False)
+    for t in xticks:
+        body.insert(0, f'<line x1="{frame.x(t):.1f}" x2="{frame.x(t):.1f}" y1="{frame.top}" y2="{height - frame.bottom}" stroke="{GRID}"/>')
     for i, (label, value, t, flag) in enumerate(rows):
         y = frame.top + i * row_height
         t = num(t)
         if t is not None:
             body.append(f'<rect x="{frame.x(ref - t):.1f}" y="{y:.1f}" width="{frame.x(ref + t) - frame.x(ref - t):.1f}" '
-                        f'height="{row_height}" fill="{BAND_COLOR}" fill-opacity="0.12"/>')
-        body.append(f'<text x="{label_w - 8}" y="{y + row_height / 2 + 4:.1f}" text-anchor="end" class="lab">{_esc(label)}</text>')
+                        f'height="{row_height}" fill="{MUTED}" fill-opacity="0.13"/>')
+        weight = ' font-weight="700"' if flag else ""
+        body.append(f'<text x="{label_w - 8}" y="{y + row_height / 2 + 4:.1f}" text-anchor="end" class="lab"{weight}>{_esc(label)}</text>')
         v = num(value)
         if v is None:
             body.append(f'<text x="{frame.x(ref) + 4:.1f}" y="{y + row_height / 2 + 4:.1f}" class="lab">–</text>')
             continue
-        color = FAIL_COLOR if flag else (PALETTE[0] if v >= ref else PALETTE[4])
+        above = v >= ref
+        color = (ABOVE_COLOR if flag else ABOVE_LIGHT) if above else (BELOW_COLOR if flag else BELOW_LIGHT)
+        outline = ' stroke="#111827" stroke-width="1.2"' if flag else ""
         x0, x1 = sorted((frame.x(ref), frame.x(v)))
-        tip = f"{label}: {fmt_num(v)} (tolerance ±{fmt_num(t)})" + (" — fails" if flag else "")
-        body.append(f'<rect x="{x0:.1f}" y="{y + 3:.1f}" width="{max(x1 - x0, 1):.1f}" height="{row_height - 6}" fill="{color}" rx="2">'
+        direction = above_label if above else below_label
+        tip = f"{label}: {fmt_num(v)}, {direction} (tolerance ±{fmt_num(t)})" + (" — fails" if flag else "")
+        body.append(f'<rect x="{x0:.1f}" y="{y + 3:.1f}" width="{max(x1 - x0, 1):.1f}" height="{row_height - 6}" fill="{color}" rx="2"{outline}>'
                     f"<title>{_esc(tip)}</title></rect>")
-        anchor, tx = ("start", x1 + 4) if v >= ref else ("end", x0 - 4)
+        anchor, tx = ("start", x1 + 4) if above else ("end", x0 - 4)
         body.append(f'<text x="{tx:.1f}" y="{y + row_height / 2 + 4:.1f}" text-anchor="{anchor}" class="tick">{fmt_num(v)}</text>')
     px = frame.x(ref)
     body.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.top - 4}" y2="{height - frame.bottom}" stroke="#111827" stroke-width="1.5"/>')
-    legend = [("more accessible", PALETTE[0], "dot"), ("less accessible", PALETTE[4], "dot"),
-              ("fails", FAIL_COLOR, "dot"), ("tolerance", BAND_COLOR, "band")]
+    legend = [(f"{above_label}, fails", ABOVE_COLOR, "dot"), (above_label, ABOVE_LIGHT, "dot"),
+              (f"{below_label}, fails", BELOW_COLOR, "dot"), (below_label, BELOW_LIGHT, "dot"), ("tolerance", MUTED, "band")]
     return _svg(width, height, body, title, legend)
 
 
@@ -347,12 +370,15 @@ def diverging_color(value: Any, center: float, span: float) -> str:
 
 def heatmap(matrix: Sequence[Sequence[Any]], row_labels: Sequence[Any], col_labels: Sequence[Any], *, center: float = 0.0,
             span: float | None = None, title: str = "", xlabel: str = "", ylabel: str = "", legend_label: str = "",
-            mark_abs_over: float | None = None, width: int = 1100, cell_height: int = 16) -> str:
-    """Rows × columns of cells on a diverging scale around ``center`` (saturating at ``center ± span``,
-    default the largest deviation). Cells with ``|value - center| > mark_abs_over`` get a dot."""
+            mark_abs_over: float | None = None, below_text: str = "", above_text: str = "",
+            width: int = 1100, cell_height: int = 16) -> str:
+    """Rows × columns of cells on a diverging scale symmetric around ``center``: blue below, red above,
+    saturating at ``center ± span`` (default: the largest deviation, rounded up by :func:`round_span`).
+    Cells with ``|value - center| > mark_abs_over`` get a dot; ``below_text``/``above_text`` name the two
+    ends of the colour legend."""
     rows = [list(r) for r in matrix]
     devs = [abs(v - center) for r in rows for v in (num(c) for c in r) if v is not None]
-    span = span or (max(devs) if devs else 1.0) or 1.0
+    span = span or round_span(max(devs) if devs else 1.0)
     label_w = min(max((len(str(r)) for r in row_labels), default=3) * _CHAR_W + 14, 190)
     ncol = max((len(r) for r in rows), default=1)
     cell_w = (width - label_w - 20) / max(ncol, 1)
@@ -385,18 +411,119 @@ def heatmap(matrix: Sequence[Sequence[Any]], row_labels: Sequence[Any], col_labe
     lx, lw = label_w, min(260, width - label_w - 20)
     body.append(f'<defs><linearGradient id="{gid}">{stops}</linearGradient></defs>'
                 f'<rect x="{lx}" y="{gy + 46}" width="{lw}" height="10" fill="url(#{gid})" stroke="{GRID}"/>')
-    for frac, v in ((0, center - span), (0.5, center), (1, center + span)):
-        body.append(f'<text x="{lx + lw * frac:.1f}" y="{gy + 70}" text-anchor="middle" class="tick">{fmt_num(v)}</text>')
+    for k in range(5):
+        v = center - span + span * k / 2
+        body.append(f'<line x1="{lx + lw * k / 4:.1f}" x2="{lx + lw * k / 4:.1f}" y1="{gy + 56}" y2="{gy + 60}" stroke="{MUTED}"/>'
+                    f'<text x="{lx + lw * k / 4:.1f}" y="{gy + 71}" text-anchor="middle" class="tick">{fmt_num(v)}</text>')
+    if below_text:
+        body.append(f'<text x="{lx}" y="{gy + 86}" class="lab" style="fill:{BELOW_COLOR}">← {_esc(below_text)}</text>')
+    if above_text:
+        body.append(f'<text x="{lx + lw}" y="{gy + 86}" text-anchor="end" class="lab" style="fill:{ABOVE_COLOR}">{_esc(above_text)} →</text>')
     note = _esc(legend_label) + (f" · ● |Δ| &gt; {fmt_num(mark_abs_over)}" if mark_abs_over is not None else "")
     body.append(f'<text x="{lx + lw + 14}" y="{gy + 55}" class="lab">{note}</text>')
     return _svg(width, height, body, title)
 
 
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned rectangle in SVG pixels (y grows downward)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def overlaps(self, other: "Box") -> bool:
+        return self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+
+    def inside(self, other: "Box") -> bool:
+        return other.x0 <= self.x0 and self.x1 <= other.x1 and other.y0 <= self.y0 and self.y1 <= other.y1
+
+    def hits_segment(self, a: tuple[float, float], b: tuple[float, float]) -> bool:
+        """Whether the segment a–b passes through the box (sampled every 2 px: exact enough for layout)."""
+        steps = max(1, int(math.hypot(b[0] - a[0], b[1] - a[1]) / 2))
+        return any(self.x0 <= a[0] + (b[0] - a[0]) * k / steps <= self.x1 and self.y0 <= a[1] + (b[1] - a[1]) * k / steps <= self.y1
+                   for k in range(steps + 1))
+
+
+LABEL_EM = {False: 0.6, True: 0.66}
+"""Width of one character in em for regular and bold label text: a little above system-ui's average so
+estimated boxes contain the rendered ones (checked against Chromium's getBBox in tests/test_report.py)."""
+
+
+def text_box(x: float, y: float, text: str, font_size: float, anchor: str = "start", bold: bool = False) -> Box:
+    """Estimated box of a one-line SVG ``<text>`` at baseline ``(x, y)`` without font metrics."""
+    w = len(text) * font_size * LABEL_EM[bold]
+    x0 = x if anchor == "start" else x - w if anchor == "end" else x - w / 2
+    return Box(x0, y - 0.8 * font_size, x0 + w, y + 0.25 * font_size)
+
+
+@dataclass(frozen=True)
+class LabelSpot:
+    """Where a point's label went: baseline position, text-anchor, its box and whether it needs a leader line."""
+
+    x: float
+    y: float
+    anchor: str
+    box: Box
+    leader: bool
+
+
+def place_labels(points: Sequence[tuple[float, float, float]], texts: Sequence[str], font_size: float,
+                 bold: Sequence[bool], bounds: Box, obstacles: Sequence[Box] = (),
+                 segments: Sequence[tuple[tuple[float, float], tuple[float, float]]] = ()) -> list[LabelSpot | None]:
+    """Greedy collision-free label placement for points ``(x, y, marker radius)``, in the given order.
+
+    Each label tries eight spots around its point, then the same spots further out (with a leader line); a
+    spot is taken only if its box stays inside ``bounds`` and overlaps no label placed before, no marker, no
+    ``obstacles`` box and no ``segments`` (e.g. a path's arrows). None where no spot is free: the caller lists
+    that label elsewhere, so labels never overlap anything.
+    """
+    markers = [Box(x - r - 1, y - r - 1, x + r + 1, y + r + 1) for x, y, r in points]
+    taken: list[Box] = []
+    out: list[LabelSpot | None] = []
+    for i, ((px, py, r), text, heavy) in enumerate(zip(points, texts, bold)):
+        spot = None
+        for dist in (0.0, 10.0, 22.0, 36.0, 54.0):
+            g = r + 3 + dist  # gap from the point's centre to the label
+            d = g * 0.72  # diagonal spots sit a little closer in
+            for dx, dy, anchor in ((g, 0.35 * font_size, "start"), (-g, 0.35 * font_size, "end"),
+                                   (d, -d, "start"), (-d, -d, "end"), (d, d + 0.7 * font_size, "start"),
+                                   (-d, d + 0.7 * font_size, "end"), (0, -g, "middle"), (0, g + 0.75 * font_size, "middle")):
+                box = text_box(px + dx, py + dy, text, font_size, anchor, heavy)
+                if not box.inside(bounds) or any(box.overlaps(b) for b in [*taken, *obstacles]):
+                    continue
+                if any(box.overlaps(m) for j, m in enumerate(markers) if j != i) or box.overlaps(markers[i]):
+                    continue
+                if any(box.hits_segment(a, b) for a, b in segments):
+                    continue
+                spot = LabelSpot(px + dx, py + dy, anchor, box, leader=dist > 0)
+                break
+            if spot:
+                break
+        if spot:
+            taken.append(spot.box)
+        out.append(spot)
+    return out
+
+
+def _leader(px: float, py: float, r: float, box: Box) -> str:
+    """A thin line from a point's marker edge to the nearest point of its label's box."""
+    nx, ny = min(max(px, box.x0), box.x1), min(max(py, box.y0), box.y1)
+    dist = math.hypot(nx - px, ny - py) or 1.0
+    sx, sy = px + (nx - px) / dist * (r + 1), py + (ny - py) / dist * (r + 1)
+    return f'<line x1="{sx:.1f}" y1="{sy:.1f}" x2="{nx:.1f}" y2="{ny:.1f}" stroke="{MUTED}" stroke-width="0.8"/>'
+
+
 def trajectory_chart(path_xy: Sequence[Sequence[Any]], path_labels: Sequence[Any], ref_xy: Sequence[Sequence[Any]],
                      ref_labels: Sequence[Any], *, title: str = "", xlabel: str = "", ylabel: str = "",
                      path_name: str = "default persona", width: int = 600, height: int = 440) -> str:
-    """Labelled reference points (grey) plus a path through ``path_xy`` in order, with arrows between
-    consecutive points and each point labelled (e.g. by training step)."""
+    """Labelled reference points (blue) plus a path through ``path_xy`` in order, with arrows between
+    consecutive points and each point labelled (e.g. by training step).
+
+    Labels never overlap each other, a marker or an arrow (:func:`place_labels`): path labels are placed
+    first, then reference labels; a label with no free spot is listed under the plot instead.
+    """
     pts = [(num(p[0]), num(p[1])) if len(p) >= 2 else (None, None) for p in path_xy]
     refs = [(num(p[0]), num(p[1])) if len(p) >= 2 else (None, None) for p in ref_xy]
     all_pts = [p for p in pts + refs if None not in p]
@@ -405,25 +532,41 @@ def trajectory_chart(path_xy: Sequence[Sequence[Any]], path_labels: Sequence[Any
     mid = f"a{next(_ids)}"
     body.append(f'<defs><marker id="{mid}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
                 f'<path d="M0,0 L10,5 L0,10 z" fill="{PALETTE[5]}"/></marker></defs>')
-    for (x, y), label in zip(refs, ref_labels):
-        if x is None or y is None:
+    path_px = [(frame.x(x), frame.y(y), str(label)) for (x, y), label in zip(pts, list(path_labels) + [""] * len(pts))
+               if x is not None and y is not None]
+    ref_px = [(frame.x(x), frame.y(y), str(label)) for (x, y), label in zip(refs, ref_labels) if x is not None and y is not None]
+    segments = []
+    for (x0, y0, _), (x1, y1, _) in zip(path_px, path_px[1:]):
+        # Stop short of the next dot so the arrow head stays visible.
+        dist = math.hypot(x1 - x0, y1 - y0) or 1
+        segments.append(((x0, y0), (x1 - (x1 - x0) / dist * 7, y1 - (y1 - y0) / dist * 7)))
+    for cx, cy, label in ref_px:
+        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{PALETTE[4]}" fill-opacity="0.8"><title>{_esc(label)}</title></circle>')
+    for (a, b) in segments:
+        body.append(f'<line x1="{a[0]:.1f}" y1="{a[1]:.1f}" x2="{b[0]:.1f}" y2="{b[1]:.1f}" stroke="{PALETTE[5]}" stroke-width="2" marker-end="url(#{mid})"/>')
+    for cx, cy, label in path_px:
+        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{PALETTE[5]}" stroke="#fff"><title>{_esc(path_name)} {_esc(label)}</title></circle>')
+    font_size = 11.0
+    points = [(cx, cy, 5.0) for cx, cy, _ in path_px] + [(cx, cy, 3.5) for cx, cy, _ in ref_px]
+    texts = [label for *_, label in path_px] + [label for *_, label in ref_px]
+    heavy = [True] * len(path_px) + [False] * len(ref_px)
+    bounds = Box(frame.left + 2, frame.top, frame.w - frame.right, frame.h - frame.bottom - 2)
+    spots = place_labels(points, texts, font_size, heavy, bounds, segments=segments)
+    unplaced = []
+    for (px, py, r), text, bold, spot in zip(points, texts, heavy, spots):
+        if not text:
             continue
-        cx, cy = frame.x(x), frame.y(y)
-        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{PALETTE[4]}" fill-opacity="0.8"><title>{_esc(label)}</title></circle>'
-                    f'<text x="{cx + 5:.1f}" y="{cy - 4:.1f}" class="tick" font-size="10">{_esc(label)}</text>')
-    prev = None
-    for (x, y), label in zip(pts, list(path_labels) + [""] * len(pts)):
-        if x is None or y is None:
+        if spot is None:
+            unplaced.append(text)
             continue
-        cx, cy = frame.x(x), frame.y(y)
-        if prev is not None:
-            # Stop short of the next dot so the arrow head stays visible.
-            dx, dy = cx - prev[0], cy - prev[1]
-            dist = math.hypot(dx, dy) or 1
-            ex, ey = cx - dx / dist * 7, cy - dy / dist * 7
-            body.append(f'<line x1="{prev[0]:.1f}" y1="{prev[1]:.1f}" x2="{ex:.1f}" y2="{ey:.1f}" stroke="{PALETTE[5]}" stroke-width="2" marker-end="url(#{mid})"/>')
-        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{PALETTE[5]}" stroke="#fff"><title>{_esc(path_name)} {_esc(label)}</title></circle>'
-                    f'<text x="{cx + 7:.1f}" y="{cy + 14:.1f}" class="lab" font-weight="600">{_esc(label)}</text>')
-        prev = (cx, cy)
+        if spot.leader:
+            body.append(_leader(px, py, r, spot.box))
+        weight = ' font-weight="600"' if bold else ""
+        body.append(f'<text x="{spot.x:.1f}" y="{spot.y:.1f}" text-anchor="{spot.anchor}" class="plab" '
+                    f'font-size="{font_size:g}"{weight}>{_esc(text)}</text>')
     legend = [("personas (baseline)", PALETTE[4], "dot"), (path_name, PALETTE[5], "line")]
+    if unplaced:
+        body.append(f'<text x="{frame.left}" y="{height + 14}" class="lab">No room to label: {_esc(", ".join(unplaced))} '
+                    "(hover the dots)</text>")
+        height += 22
     return _svg(width, height, body, title, legend)

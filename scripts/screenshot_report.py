@@ -48,25 +48,36 @@ def _chromium_cmd(browser: str, profile: str, *extra: str) -> list[str]:
     return cmd
 
 
+def dump_dom(html: Path, width: int = 1280, browser: str | None = None, timeout: float = 120.0,
+             virtual_time_ms: int = 2000) -> str | None:
+    """The DOM of ``html`` after Chromium loaded it and ran its scripts (``--dump-dom``), or None without Chromium.
+
+    ``virtual_time_ms`` lets timers and fetches started by scripts settle before the dump.
+    """
+    browser = browser or find_chromium()
+    if browser is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="drift-chromium-") as profile:
+        cmd = _chromium_cmd(browser, profile, "--dump-dom", f"--virtual-time-budget={virtual_time_ms}",
+                            f"--window-size={width},1000", html.resolve().as_uri())
+        try:
+            return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout).stdout
+        except subprocess.TimeoutExpired:
+            return None
+
+
 def measure_height(html: Path, width: int = 1280, browser: str | None = None, timeout: float = 120.0) -> int | None:
     """The page's laid-out height in CSS pixels, or None if it could not be measured.
 
     Headless ``--screenshot`` only captures the window, so a full-page shot needs the height first. The
     report itself has no scripts; a throw-away copy with a one-line script reports its height via the DOM.
     """
-    browser = browser or find_chromium()
-    if browser is None:
-        return None
     probe_js = ("<script>document.body.setAttribute('data-page-height',"
                 "Math.ceil(document.documentElement.scrollHeight))</script>")
-    with tempfile.TemporaryDirectory(prefix="drift-chromium-") as profile:
-        probe = Path(profile) / "probe.html"
+    with tempfile.TemporaryDirectory(prefix="drift-probe-") as tmp:
+        probe = Path(tmp) / "probe.html"
         probe.write_text(html.read_text(encoding="utf-8").replace("</body>", probe_js + "</body>"), encoding="utf-8")
-        cmd = _chromium_cmd(browser, profile, "--dump-dom", f"--window-size={width},1000", probe.as_uri())
-        try:
-            out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout).stdout
-        except subprocess.TimeoutExpired:
-            return None
+        out = dump_dom(probe, width, browser, timeout) or ""
     match = re.search(r'data-page-height="(\d+)"', out)
     return int(match.group(1)) if match else None
 

@@ -8,12 +8,15 @@ import math
 import re
 import struct
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from drift_suite import svgplot
-from drift_suite.report import build_context, render_report
+from drift_suite.compare import Check
+from drift_suite.metrics import MIN_PAIRS_FOR_CI
+from drift_suite.report import _window_segments, build_context, render_report
 from report_example import example_report_data
 
 BASE_ANCHORS = ["projection", "rotation", "accessibility", "layer-profile", "accessibility-heatmap"]
@@ -192,16 +195,6 @@ def test_screenshot(tmp_path: Path) -> None:
     assert colours > 20, "screenshot looks blank"
 
 
-@pytest.mark.parametrize("n,claimed", [(4, False), (8, True)])
-def test_reward_correlation_needs_enough_steps(n: int, claimed: bool) -> None:
-    data = example_report_data(with_trajectory=True)
-    data["trajectory"]["spearman"] = {"rho": 0.9, "ci": [0.5, 1.0], "n": n, "drift_metric": "shift"}
-    question = next(q for q in build_context(data)["questions"] if "reward" in q["q"].lower())
-    text = json.dumps(question)
-    assert ("drift tracks reward" in text) is claimed
-    assert ("too few saved steps" in text) is (not claimed)
-
-
 def test_data_flows_one_way_runner_to_report() -> None:
     """runner measures, report_data shapes its outcome, report renders: nothing upstream imports downstream."""
     import ast
@@ -215,3 +208,109 @@ def test_data_flows_one_way_runner_to_report() -> None:
     assert not {"report", "report_data"} & imported("runner")
     assert "report" not in imported("report_data")
     assert not (package / "report_example.py").exists(), "example data is test data, not part of the package"
+
+
+@pytest.mark.parametrize("n,ci,claimed,text", [
+    (4, [0.77, 1.0], False, "too few steps for an interval"),  # the degenerate n = 4 case: no interval shown
+    (MIN_PAIRS_FOR_CI, [0.5, 1.0], True, "95% CI [0.5, 1]"),
+    (MIN_PAIRS_FOR_CI + 3, [None, None], False, "no interval (degenerate bootstrap)"),
+    (MIN_PAIRS_FOR_CI + 3, [-0.2, 0.9], False, "95% CI [-0.2, 0.9]"),
+])
+def test_reward_correlation_interval_only_with_support(n: int, ci: list, claimed: bool, text: str) -> None:
+    data = example_report_data(with_trajectory=True)
+    data["trajectory"]["spearman"] = {"rho": 0.77, "ci": ci, "n": n, "drift_metric": "shift"}
+    context = build_context(data)
+    question = next(q for q in context["questions"] if "reward" in q["q"].lower())
+    assert ("drift tracks reward" in question["answer"]) is claimed
+    assert text in question["answer"]
+    plot = next(p for p in context["plots"] if p["id"] == "reward-drift")
+    assert text in plot["caption"] and text in str(plot["svg"])
+    if n < MIN_PAIRS_FOR_CI:
+        assert "CI [" not in question["answer"] + plot["caption"] + str(plot["svg"])
+
+
+def test_checkpoint_reward_is_drawn_over_its_window() -> None:
+    """Plot (8): the reward paired with a checkpoint is the mean since the previous one, drawn over that window."""
+    xs, ys = _window_segments([0, 50, 100, 150], [None, 0.2, None, 0.4])
+    assert xs == [0, 50, None, 100, 150, None] and ys == [0.2, 0.2, None, 0.4, 0.4, None]
+    svg = str(next(p for p in build_context(example_report_data())["plots"] if p["id"] == "reward-drift")["svg"])
+    assert "mean reward since the previous checkpoint" in svg
+
+
+def _projection_check(value: float, layer: int) -> dict:
+    check = Check("projection", f"layer {layer}", value, 10.0, 1.0, 0.25, step=3)
+    return check.to_dict() | {"message": check.message()}
+
+
+def test_projection_direction_in_rows_and_summary(tmp_path: Path) -> None:
+    data = {"checks": [_projection_check(8.0, 4), _projection_check(12.5, 6), _projection_check(10.2, 8)]}
+    context = build_context(data)
+    rows = {r["subject"]: r for r in context["failed_rows"] + context["passed_rows"]}
+    assert rows["layer 4"]["direction"] == "toward the roles" and not rows["layer 4"]["passed"]
+    assert rows["layer 6"]["direction"] == "toward the assistant" and not rows["layer 6"]["passed"]
+    assert rows["layer 8"]["direction"] == "toward the assistant" and rows["layer 8"]["passed"]
+    assert "drifted toward the roles:" in rows["layer 4"]["message"]
+    assert "within tolerance (toward the assistant):" in rows["layer 8"]["message"]
+    meaning = next(f["meaning"] for f in context["families"] if f["name"] == "projection")
+    assert "toward the roles (less assistant-like) at 1 of 3 asserted layers (layer 4)" in meaning
+    assert "toward the assistant (more assistant-like) at 1 of 3 asserted layers (layer 6)" in meaning
+    html = _render(tmp_path, data)
+    assert re.search(r"<td>layer 4</td>.*?<td>toward the roles</td>", html, re.S)
+
+
+def _svg_texts(svg: str, cls: str) -> list[tuple[float, float, str, str, bool]]:
+    """(x, y, anchor, text, bold) of every ``<text class=cls>`` in an SVG string."""
+    out = []
+    for m in re.finditer(rf'<text x="([-\d.]+)" y="([-\d.]+)" text-anchor="(\w+)" class="{cls}"[^>]*?( font-weight="600")?>([^<]*)</text>', svg):
+        out.append((float(m[1]), float(m[2]), m[3], m[5], bool(m[4])))
+    return out
+
+
+def test_trajectory_labels_never_overlap_in_a_crowded_plot() -> None:
+    """40 personas in a tight cloud and an 8-step path that barely moves: every label gets its own box, clear of
+    every other label and every marker, or is listed under the plot; none is lost."""
+    import random
+
+    rng = random.Random(3)
+    names = [f"persona_{i}" for i in range(40)]
+    personas = [[rng.gauss(0, 1), rng.gauss(0, 0.6)] for _ in names]
+    path = [[-0.1 + 0.02 * k, 0.01 * k] for k in range(8)]
+    steps = [f"step {25 * k}" for k in range(8)]
+    svg = svgplot.trajectory_chart(path, steps, personas, names, width=600, height=440)
+    labels = _svg_texts(svg, "plab")
+    boxes = [svgplot.text_box(x, y, text, 11.0, anchor, bold) for x, y, anchor, text, bold in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), f"labels overlap: {a} {b}"
+    markers = [(float(m[1]), float(m[2]), float(m[3])) for m in re.finditer(r'<circle cx="([-\d.]+)" cy="([-\d.]+)" r="([\d.]+)"', svg)]
+    markers = [m for m in markers if m[1] > 40]  # not the legend's dot in the title row
+    assert len(markers) == len(names) + len(path)
+    for box in boxes:
+        for cx, cy, r in markers:
+            assert not box.overlaps(svgplot.Box(cx - r, cy - r, cx + r, cy + r)), f"label {box} covers a marker at {cx},{cy}"
+    placed = {text for *_, text, _ in labels}
+    listed = re.search(r"No room to label: ([^<(]*)", svg)
+    unplaced = {t.strip() for t in listed[1].split(",")} if listed else set()
+    assert placed | unplaced == set(names) | set(steps) and not placed & unplaced
+    assert set(steps) <= placed, "the path's own labels go first"
+    assert len(placed) > len(names) // 2, "placement gave up on most labels"
+
+
+def test_one_colour_meaning_and_symmetric_scales_for_accessibility(tmp_path: Path) -> None:
+    up, down = 1.3, 0.8
+    bars = svgplot.bar_chart(["up", "down"], [up, down], tolerance=0.1, flags=[True, True],
+                             above_label="more accessible", below_label="less accessible")
+    fill = {m[2]: m[1] for m in re.finditer(r'fill="(#[0-9a-f]{6})" rx="2"[^>]*><title>(\w+):', bars)}
+    # the heat map's colour for the same values has the same hue as the bar: red above 1, blue below
+    assert fill["up"] == svgplot.ABOVE_COLOR == svgplot.diverging_color(up, 1.0, 0.3)
+    assert fill["down"] == svgplot.BELOW_COLOR == svgplot.diverging_color(0.7, 1.0, 0.3)
+    ticks = [float(t) for t in re.findall(r'text-anchor="middle" class="tick">([-\d.]+)</text>', bars)]
+    assert ticks == [0.6, 0.8, 1.0, 1.2, 1.4]  # 1 ± 0.4: the 0.3 deviation (×1.05) rounded up, symmetric about 1
+    heat = svgplot.heatmap([[1.0, 2.3], [-0.3, 1.1]], ["a", "b"], [0, 1], center=1.0,
+                           below_text="less accessible", above_text="more accessible")
+    legend = [float(t) for t in re.findall(r'text-anchor="middle" class="tick">([-\d.]+)</text>', heat)][-5:]
+    assert legend == [-0.5, 0.25, 1.0, 1.75, 2.5]  # 1 ± 1.5: the 1.3 deviation rounded up, symmetric about 1
+    html = _render(tmp_path, example_report_data())
+    step = example_report_data()["step"]
+    assert f"Persona accessibility at step {step}" in html and f"Accessibility by role and layer at step {step}" in html
+    assert "less accessible" in html and "more accessible" in html
