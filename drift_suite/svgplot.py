@@ -446,16 +446,37 @@ class Box:
                    for k in range(steps + 1))
 
 
-LABEL_EM = {False: 0.6, True: 0.66}
-"""Width of one character in em for regular and bold label text: a little above system-ui's average so
-estimated boxes contain the rendered ones (checked against Chromium's getBBox in tests/test_report.py)."""
+def _em_table(groups: dict[float, str]) -> dict[str, float]:
+    return {char: em for em, chars in groups.items() for char in chars}
+
+
+# Advance widths in em, rounded up to 0.05, of DejaVu Sans (what Chromium draws "system-ui" with on Linux, and
+# wider than Segoe UI, Roboto or Helvetica), measured with getComputedTextLength; bold is weight 600. Other
+# characters count as the widest. Boxes estimated from these hold the rendered text (tests/test_report.py).
+_CHAR_EM = {
+    False: _em_table({0.3: "'IJijl", 0.35: " ,./:;\\f|", 0.4: "()-[]rt", 0.45: "!", 0.5: '"*_`', 0.55: "?csz",
+                      0.6: "FLTkvxy", 0.65: "$0123456789EPSYabdeghnopqu{}", 0.7: "BCKRVXZ", 0.75: "ANU",
+                      0.8: "&DGHOQ", 0.85: "#+<=>^w~", 0.9: "M", 1.0: "%@Wm"}),
+    True: _em_table({0.35: " 'ijl", 0.4: ",./:;IJ\\|", 0.45: "-f", 0.5: "!()[]_`rt", 0.55: '"*', 0.6: "?csz",
+                     0.65: "Lx", 0.7: "$0123456789EFSaekovy", 0.75: "CPTYZbdghnpqu{}", 0.8: "ABKRVX",
+                     0.85: "#+<=>DGHNU^~", 0.9: "&OQ", 0.95: "w", 1.0: "@M", 1.05: "%m", 1.15: "W"}),
+}
+_WIDEST_EM = {False: 1.0, True: 1.15}
+
+
+def text_width(text: str, font_size: float, bold: bool = False) -> float:
+    """Estimated width in px of one line of sans-serif text, without font metrics (a slight overestimate)."""
+    table = _CHAR_EM[bold]
+    return sum(table.get(char, _WIDEST_EM[bold]) for char in text) * font_size
 
 
 def text_box(x: float, y: float, text: str, font_size: float, anchor: str = "start", bold: bool = False) -> Box:
-    """Estimated box of a one-line SVG ``<text>`` at baseline ``(x, y)`` without font metrics."""
-    w = len(text) * font_size * LABEL_EM[bold]
+    """Estimated box of a one-line SVG ``<text>`` at baseline ``(x, y)``, with 0.1 em either side for glyphs
+    that overhang their advance (an italic-like "f", a final "r")."""
+    w = text_width(text, font_size, bold)
     x0 = x if anchor == "start" else x - w if anchor == "end" else x - w / 2
-    return Box(x0, y - 0.8 * font_size, x0 + w, y + 0.25 * font_size)
+    pad = 0.1 * font_size
+    return Box(x0 - pad, y - 0.8 * font_size, x0 + w + pad, y + 0.25 * font_size)
 
 
 @dataclass(frozen=True)

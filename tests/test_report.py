@@ -6,9 +6,12 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import struct
+import threading
 import zlib
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -180,13 +183,22 @@ def _png_stats(path: Path) -> tuple[int, int, int]:
     return width, height, len(colours)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
-def test_screenshot(tmp_path: Path) -> None:
+def _screenshot_module():
     spec = importlib.util.spec_from_file_location("screenshot_report",
                                                   Path(__file__).resolve().parents[1] / "scripts" / "screenshot_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+needs_chromium = pytest.mark.skipif(not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")),
+                                    reason="needs chromium (apt-get install -y chromium)")
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_screenshot(tmp_path: Path) -> None:
+    module = _screenshot_module()
     png = tmp_path / "report.png"
     assert module.main(["-o", str(png), "--height", "2400"]) == 0
     assert png.stat().st_size > 20_000
@@ -314,3 +326,182 @@ def test_one_colour_meaning_and_symmetric_scales_for_accessibility(tmp_path: Pat
     step = example_report_data()["step"]
     assert f"Persona accessibility at step {step}" in html and f"Accessibility by role and layer at step {step}" in html
     assert "less accessible" in html and "more accessible" in html
+
+
+XSS_PAYLOADS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">click</a>',
+                '"><svg onload=alert(1)>', "javascript:alert(1)"]
+
+
+def _hostile_data(payloads: list[str]) -> dict:
+    """The example data with ``payloads`` in every text that comes from a model, a persona file or the user."""
+    data = example_report_data()
+    hostile = " ".join(payloads)
+    for side in ("baseline", "checkpoint"):
+        for items in data["samples"][side].values():
+            for item in items:
+                item.update(answer=f"Sure! {hostile}", system=f"You are {hostile}", question=f"Why {hostile}?")
+        data["samples"][side][f"evil {hostile}"] = [{"system": hostile, "question": hostile, "answer": hostile}]
+    roles = [f"{role} {payloads[i % len(payloads)]}" for i, role in enumerate(data["accessibility"]["roles"])]
+    data["accessibility"]["roles"] = data["persona_set"]["roles"] = roles
+    data["trajectory"]["pca"]["persona_names"] = ["default", *roles]
+    data["trajectory"]["checkpoints"] = [f"runs/{p}/checkpoint-1" for p in payloads]
+    for check in data["checks"]:
+        check["subject"] = f"{check['subject']} {hostile}"
+        check["message"] = f"{check['message']} {hostile}"
+    data.update(checkpoint=f"runs/{hostile}", baseline_dir=hostile, title=f"report {hostile}",
+                update_command=f"pytest --checkpoint {hostile}", baseline_update=[hostile])
+    data["model"]["model_id"] = hostile
+    data["versions"][hostile] = hostile
+    data["timings"][hostile] = 1.0
+    data["persona_set"]["name"] = hostile
+    data["layers"]["target"] = hostile
+    return data
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+
+def test_hostile_model_and_persona_text_renders_inert(tmp_path: Path) -> None:
+    """Answers, persona texts and paths holding <script>, onerror= and javascript: come out as text, not markup."""
+    html = _render(tmp_path, _hostile_data(XSS_PAYLOADS))
+    parser = _Tags()
+    parser.feed(html)
+    tags = {tag for tag, _ in parser.tags}
+    assert not tags & {"script", "img", "iframe", "object", "embed", "link", "base", "form"}, tags
+    assert sum(tag == "svg" for tag, _ in parser.tags) == html.count('<svg xmlns="http://www.w3.org/2000/svg"'), "an svg came from data"
+    for tag, attrs in parser.tags:
+        for name, value in attrs:
+            assert not name.startswith("on"), f"<{tag} {name}=...> came from data"
+            if name in ("href", "src", "xlink:href", "action", "formaction", "style"):
+                # the only links are the report's own anchors; data text may sit in title attributes, escaped
+                assert (value or "").startswith("#") or name == "style", f"<{tag} {name}={value!r}>"
+                assert "javascript:" not in (value or "").lower() and "url(" not in (value or "").lower()
+    # the data did reach the page, as text
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") > 20
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "javascript:alert(1)" in html
+
+
+class _CountingServer:
+    """A local HTTP server that records every path requested of it: any request means a payload ran."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                paths.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "_CountingServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _live_payloads(url: str, dialog: bool = True) -> list[str]:
+    """Payloads that, if they ever run, open a dialog (with ``dialog``), mark the DOM and call ``url``.
+
+    A dialog blocks headless Chromium's --dump-dom, so a dialog that opened shows as no DOM at all.
+    """
+    mark = ("alert(1);" if dialog else "") + "document.documentElement.setAttribute('data-pwned','{}')"
+    return [
+        f"<script>{mark.format('script')};fetch('{url}/script')</script>",
+        f"<img src=\"{url}/img\" onerror=\"{mark.format('onerror')}\">",
+        f"<img src=x onerror=\"{mark.format('onerror2')};new Image().src='{url}/onerror'\">",
+        f"<svg onload=\"{mark.format('svg')};fetch('{url}/svg')\"></svg>",
+        f"<a id=\"jsurl\" href=\"javascript:{mark.format('js')}\">click</a>",
+        f"<iframe src=\"{url}/iframe\"></iframe>",
+        f"<style>@import '{url}/css';</style>",
+        f"\"><body onload=\"{mark.format('attr')};fetch('{url}/attr')\">",
+    ]
+
+
+def _marked(dom: str) -> set[str]:
+    """Which payloads ran: the values of any data-pwned attribute in the DOM (as text, payloads do not count)."""
+    parser = _Tags()
+    parser.feed(dom)
+    return {value or "" for _, attrs in parser.tags for name, value in attrs if name == "data-pwned"}
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_hostile_text_is_inert_in_chromium(tmp_path: Path) -> None:
+    """Headless Chromium loads a report full of live payloads: no script runs (the DOM stays unmarked, no dialog
+    code ran), no request leaves the page, no javascript: link exists. A control page with the same payloads
+    unescaped shows that this harness does see them run."""
+    module = _screenshot_module()
+    with _CountingServer() as server:
+        control = tmp_path / "control.html"
+        control.write_text("<!DOCTYPE html><html><head><title>control</title></head><body>"
+                           + "".join(_live_payloads(server.url, dialog=False)) + "</body></html>", encoding="utf-8")
+        control_dom = module.dump_dom(control, timeout=60)
+        assert control_dom and _marked(control_dom) and server.paths, "the harness cannot see payloads run"
+        server.paths.clear()
+        report = render_report(_hostile_data(_live_payloads(server.url)), tmp_path / "report.html")
+        dom = module.dump_dom(report, timeout=60)
+    assert dom and "Sample responses" in dom, "no DOM: chromium hung on a dialog or did not load the report"
+    assert not _marked(dom), "a payload ran"
+    assert server.paths == [], f"the page made requests: {server.paths}"
+    parser = _Tags()
+    parser.feed(dom)
+    assert not {tag for tag, _ in parser.tags} & {"script", "img", "iframe"}
+    assert not any(name == "href" and "javascript:" in (value or "") for _, attrs in parser.tags for name, value in attrs)
+    assert "&lt;script&gt;alert(1);document" in dom  # the payload is on the page, as text
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_trajectory_labels_do_not_overlap_as_chromium_renders_them(tmp_path: Path) -> None:
+    """The fast test trusts estimated text widths; here Chromium's own getBBox() measures every label: each
+    rendered box lies inside its estimate, so no two labels overlap on screen either."""
+    import random
+
+    rng = random.Random(5)
+    names = [f"persona_{i}_{'x' * (i % 7)}" for i in range(40)]
+    crowded = svgplot.trajectory_chart([[0.02 * k, 0.01 * k] for k in range(8)], [f"step {25 * k}" for k in range(8)],
+                                       [[rng.gauss(0, 1), rng.gauss(0, 0.6)] for _ in names], names, width=600, height=440)
+    example = str(next(p for p in build_context(example_report_data())["plots"] if p["id"] == "trajectory")["svg"])
+    probe = """<script>
+    const out = [];
+    for (const svg of document.querySelectorAll('svg')) {
+      const labels = [...svg.querySelectorAll('text.plab')];
+      for (const t of labels) {
+        const b = t.getBBox();
+        const x = +t.getAttribute('x'), y = +t.getAttribute('y'), a = t.getAttribute('text-anchor');
+        out.push([t.textContent, b.x, b.y, b.width, b.height, x, y, a]);
+      }
+    }
+    document.body.setAttribute('data-boxes', JSON.stringify(out));
+    </script>"""
+    page = tmp_path / "labels.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{crowded}{example}{probe}</body></html>", encoding="utf-8")
+    dom = _screenshot_module().dump_dom(page, timeout=60)
+    match = re.search(r'data-boxes="([^"]*)"', dom or "")
+    assert match, "chromium gave no boxes"
+    import html as html_lib
+
+    boxes = json.loads(html_lib.unescape(match[1]))
+    assert len(boxes) > 40
+    for text, bx, by, bw, bh, x, y, anchor in boxes:
+        estimate = svgplot.text_box(x, y, text, 11.0, anchor, text.startswith("step"))
+        # Chromium's box spans the font's full ascent..descent; the estimate only has to hold the glyphs' width.
+        assert estimate.x0 <= bx and bx + bw <= estimate.x1, f"{text!r}: rendered {bw:.1f}px wide, estimated {estimate.x1 - estimate.x0:.1f}px"
