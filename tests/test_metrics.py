@@ -120,3 +120,27 @@ def test_pca_signs_are_deterministic():
     assert coords.shape == (10, 2)
     assert np.var(coords[:, 0]) >= np.var(coords[:, 1])
     assert explained[0] >= explained[1] and explained.sum() <= 1.0
+
+
+def test_spearman_bootstrap_equals_resampling_by_hand():
+    x, y = rng.normal(size=9), rng.normal(size=9)
+    index = np.random.default_rng(4).integers(0, 9, (50, 9))
+    by_hand = [metrics.spearman(x[i], y[i]) for i in index]
+    np.testing.assert_allclose(metrics.spearman_bootstrap(x, y, n_boot=50, seed=4), by_hand, equal_nan=True)
+
+
+def test_spearman_ci_only_where_the_bootstrap_has_support():
+    # 4 saved steps (as in README's demo): too few for an interval
+    reward, drift = np.array([0.1, 0.4, 0.2, 0.5]), np.array([1.0, 2.0, 3.0, 4.0])
+    assert metrics.spearman(reward, drift) == pytest.approx(0.8)
+    assert all(np.isnan(metrics.spearman_bootstrap_ci(reward, drift)))
+    # a perfectly monotone sample: every resample gives 1, and "[1, 1]" would claim certainty
+    steps = np.arange(12.0)
+    assert all(np.isnan(metrics.spearman_bootstrap_ci(steps, steps ** 2)))
+    assert all(np.isnan(metrics.spearman_bootstrap_ci(steps[:4], steps[:4] ** 2, min_pairs=0)))  # degenerate, not short
+    # enough noisy pairs: a real interval around the estimate
+    x = np.arange(float(metrics.MIN_PAIRS_FOR_CI))
+    y = x + np.random.default_rng(1).normal(scale=3.0, size=len(x))
+    low, high = metrics.spearman_bootstrap_ci(x, y)
+    assert low < metrics.spearman(x, y) < high and -1 <= low and high <= 1
+    assert all(np.isnan(metrics.spearman_bootstrap_ci(x[:-1], y[:-1])))  # one pair fewer than the minimum
