@@ -338,20 +338,21 @@ def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
         return "Spearman ρ: – (too few steps with both reward and drift)" if long else "ρ = –"
     n = spear.get("n") or 0
     ci = _interval(spear)
+    ci_text = f", 95% CI [{fmt_num(ci[0], 2)}, {fmt_num(ci[1], 2)}]" if ci and n >= MIN_PAIRS_FOR_CI else ""
     if n < MIN_PAIRS_FOR_CI:
         # The bootstrap of so few pairs is degenerate (ρ often on its own bound): no interval is shown.
-        short = f"Spearman ρ = {fmt_num(rho, 2)}, n = {n}: too few steps for an interval"
-        verdict = f"too few saved steps to tell (an interval needs at least {MIN_PAIRS_FOR_CI})"
+        short, verdict = "too few steps for an interval", f"(one needs at least {MIN_PAIRS_FOR_CI}), so no link is claimed"
     elif ci is None:
-        short = f"Spearman ρ = {fmt_num(rho, 2)}, n = {n}: no interval (degenerate bootstrap)"
-        verdict = "every resample gives about the same ρ, so the bootstrap cannot size the uncertainty"
+        short, verdict = "no interval (degenerate bootstrap)", "as every resample gives about the same ρ"
     else:
-        short = f"Spearman ρ = {fmt_num(rho, 2)}, 95% CI [{fmt_num(ci[0], 2)}, {fmt_num(ci[1], 2)}], n = {n}"
+        short = ""
         verdict = ("the CI excludes 0: drift tracks reward" if _correlation_clear(spear)
                    else "the CI includes 0: no clear link between reward and drift")
     if not long:
-        return short
-    return f"{short}, between reward and {spear.get('drift_metric', 'drift')}; {verdict}."
+        return f"Spearman ρ = {fmt_num(rho, 2)}{ci_text}, n = {n}" + (f": {short}" if short else "")
+    head = (f"Spearman ρ = {fmt_num(rho, 2)} between reward and {spear.get('drift_metric', 'drift')} over n = {n} "
+            f"checkpoints{ci_text}")
+    return f"{head}: {short} {verdict}." if short else f"{head}; {verdict}."
 
 
 def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -278,7 +278,7 @@ def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
         rho = spearman(rewards_arr, drift_arr)
         low, high = spearman_bootstrap_ci(rewards_arr, drift_arr)
         rho_info = {"rho": None if np.isnan(rho) else rho, "ci": [low, high], "n": len(paired),
-                    "drift_metric": f"projection shift away from the assistant at layer {target_layer}"}
+                    "drift_metric": f"projection shift toward the roles at layer {target_layer}"}
     gate = outcome.gate_checks()
     worst = {}
     for family in ("projection", "rotation", "accessibility"):
