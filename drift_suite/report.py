@@ -270,7 +270,8 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
         return sp.line_chart(steps, [Series(f"shift at layer {target}", shift_t, color=sp.PALETTE[1], flags=flags)],
                              band=_band(zeros, [t] * len(steps)), band_label="± threshold",
                              inner_band=_band(zeros, [n] * len(steps)), inner_label="± noise (1σ)",
-                             hlines=[(0.0, "")], title=f"Projection shift over training (layer {target})",
+                             hlines=[(0.0, "↑ toward the assistant · toward the roles ↓")],
+                             title=f"Projection shift over training (layer {target})",
                              xlabel="training step", ylabel="projection shift", xticks=[s for s in steps if num(s) is not None],
                              width=1100, height=300)
 

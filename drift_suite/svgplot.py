@@ -157,7 +157,8 @@ class _Frame:
 def _svg(width: int, height: int, body: Sequence[str], title: str = "", legend: Sequence[tuple[str, str, str]] = ()) -> str:
     """Wrap chart elements in an ``<svg>`` with styles, title and a one-row legend under the title.
 
-    ``legend`` items are ``(label, colour, kind)`` with kind ``line``, ``dash``, ``band``, ``dot`` or ``ring``.
+    ``legend`` items are ``(label, colour, kind)`` with kind ``line``, ``thin``, ``thick``, ``dash``, ``band``,
+    ``dot`` or ``ring``.
     """
     head = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
@@ -176,10 +177,17 @@ def _svg(width: int, height: int, body: Sequence[str], title: str = "", legend: 
             "dot": f'<circle cx="{x + 8}" cy="30" r="4" fill="{color}"/>',
             "ring": f'<circle cx="{x + 8}" cy="30" r="5" fill="none" stroke="{color}" stroke-width="2"/>',
             "dash": f'<line x1="{x}" x2="{x + 16}" y1="30" y2="30" stroke="{color}" stroke-width="2" stroke-dasharray="4 3"/>',
+            "thin": f'<line x1="{x}" x2="{x + 16}" y1="30" y2="30" stroke="{color}" stroke-width="1.2"/>',
+            "thick": f'<line x1="{x}" x2="{x + 16}" y1="30" y2="30" stroke="{color}" stroke-width="4"/>',
         }.get(kind, f'<line x1="{x}" x2="{x + 16}" y1="30" y2="30" stroke="{color}" stroke-width="2.5"/>')
         head.append(sym + f'<text x="{x + 21}" y="34" class="lg">{_esc(label)}</text>')
         x += 21 + len(str(label)) * _CHAR_W + 16
     return "".join(head) + "".join(body) + "</svg>"
+
+
+def _legend_kind(s: Series) -> str:
+    """The legend symbol that looks like the series: a dot, a dashed, thin, thick or plain line."""
+    return "dot" if s.width <= 0 else "dash" if s.dash else "thick" if s.width >= 3 else "thin" if s.width < 1.5 else "line"
 
 
 def _path(points: Sequence[tuple[float | None, float | None]], frame: _Frame) -> str:
@@ -254,7 +262,7 @@ def line_chart(x: Sequence[Any], series: Sequence[Series], *, title: str = "", x
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
         body += _draw_series(s, x, frame, color)
-        legend.append((s.label, color, "dot" if s.width <= 0 else "dash" if s.dash else "line"))
+        legend.append((s.label, color, _legend_kind(s)))
     if band:
         legend.append((band_label, BAND_COLOR, "band"))
     if inner_band:
@@ -285,7 +293,7 @@ def dual_axis_chart(left: Sequence[Series], right: Sequence[Series], *, title: s
     for i, (s, frame) in enumerate([(s, lf) for s in left] + [(s, rf) for s in right]):
         color = s.color or PALETTE[i % len(PALETTE)]
         body += _draw_series(s, range(len(s.y)), frame, color)
-        legend.append((s.label, color, "dot" if s.width <= 0 else "dash" if s.dash else "line"))
+        legend.append((s.label, color, _legend_kind(s)))
     if note:
         # In the title row: inside the plot area it would cover the data.
         body.append(f'<text x="{x1}" y="19" text-anchor="end" class="axis" font-weight="600">{_esc(note)}</text>')

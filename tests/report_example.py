@@ -44,13 +44,14 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
     # Drift grows with training step; "final" is the checkpoint under test.
     growth = [0.0, 0.25, 0.55, 0.8, 1.0]
     peak_shift = [-strength * 0.22 * n * _bump(l, 17, 5.0) for l, n in enumerate(axis_norm)]
-    shift_by_step = [[g * p + rng.gauss(0, s * 0.4) for p, s in zip(peak_shift, noise_proj)] for g in growth]
+    # Step 0 is the baseline itself (as in runner.trajectory): no shift, no rotation, accessibility 1.
+    shift_by_step = [[g * p + (rng.gauss(0, s * 0.4) if g else 0.0) for p, s in zip(peak_shift, noise_proj)] for g in growth]
     shift = shift_by_step[-1]
     ckpt_proj = [b + d for b, d in zip(base_proj, shift)]
 
     noise_rot = [0.35 + 0.5 * _bump(l, 0, 3) for l in range(L)]
     rot_thr = [max(k_sigma * s, min_angle) for s in noise_rot]
-    rot_by_step = [[abs(g * strength * 5.5 * _bump(l, 18, 3.5) + abs(rng.gauss(0, s))) for l, s in enumerate(noise_rot)]
+    rot_by_step = [[abs(g * strength * 5.5 * _bump(l, 18, 3.5) + abs(rng.gauss(0, s))) if g else 0.0 for l, s in enumerate(noise_rot)]
                    for g in growth]
     rot = rot_by_step[-1]
 
@@ -58,7 +59,7 @@ def example_report_data(with_trajectory: bool = True, failing: bool = True) -> d
     drift_role = [strength * (0.45 * max(0.0, (i - 17) / 7) ** 1.5 - 0.2 * _bump(i, 2, 1.2)) for i in range(R)]
     acc_noise = [0.025 + 0.01 * rng.random() for _ in range(R)]
     acc_thr = [max(k_sigma * s, min_access) for s in acc_noise]
-    acc_by_step = [[1.0 + g * d + rng.gauss(0, s) for d, s in zip(drift_role, acc_noise)] for g in growth]
+    acc_by_step = [[1.0 + g * d + (rng.gauss(0, s) if g else 0.0) for d, s in zip(drift_role, acc_noise)] for g in growth]
     ratio = acc_by_step[-1]
     by_layer = [[r + (r - 1.0) * 0.8 * (_bump(l, 17, 5) - 0.5) + rng.gauss(0, 0.02) for l in range(L)] for r in ratio]
 
