@@ -358,8 +358,9 @@ def bar_chart(labels: Sequence[str], values: Sequence[Any], *, tolerance: Sequen
         body.append(f'<text x="{tx:.1f}" y="{y + row_height / 2 + 4:.1f}" text-anchor="{anchor}" class="tick">{fmt_num(v)}</text>')
     px = frame.x(ref)
     body.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.top - 4}" y2="{height - frame.bottom}" stroke="#111827" stroke-width="1.5"/>')
-    legend = [(f"{above_label}, fails", ABOVE_COLOR, "dot"), (above_label, ABOVE_LIGHT, "dot"),
-              (f"{below_label}, fails", BELOW_COLOR, "dot"), (below_label, BELOW_LIGHT, "dot"), ("tolerance", MUTED, "band")]
+    failing = any(flag for *_, flag in rows)
+    legend = [(f"{above_label}, fails", ABOVE_COLOR, "dot")] * failing + [(above_label, ABOVE_LIGHT, "dot")]
+    legend += [(f"{below_label}, fails", BELOW_COLOR, "dot")] * failing + [(below_label, BELOW_LIGHT, "dot"), ("tolerance", MUTED, "band")]
     return _svg(width, height, body, title, legend)
 
 
