@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baseline import Baseline, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
+from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
 from .errors import BaselineError, CheckpointError
@@ -206,6 +206,10 @@ class DriftCheck:
 
     def write_baseline(self) -> tuple[Baseline, list[str]]:
         """Measure the reference model and write its baseline; returns it and what changed."""
+        with baseline_write_lock(self.baseline_dir):  # refuse a second writer before measuring, not after
+            return self._write_baseline()
+
+    def _write_baseline(self) -> tuple[Baseline, list[str]]:
         start = time.perf_counter()
         spec = self.reference_model()
         loaded = self._load(spec)
