@@ -23,6 +23,12 @@ _ROLE_NAME = re.compile(r"[^\W_][\w .+-]{0,127}")
 no NUL, no leading dot), since role names become file stems, labels and keys in reports."""
 
 
+def shown(path: str | Path) -> str:
+    """``path`` for a one-line message: quoted and escaped when its name holds control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def check_role_name(name: object, source: str) -> str:
     """``name`` if it is a safe role name, else a one-line :class:`PersonaSetError` naming ``source``."""
     if not isinstance(name, str) or not _ROLE_NAME.fullmatch(name):
@@ -106,13 +112,13 @@ class PersonaSet:
 def _read_text_inside(root: Path, path: Path) -> str:
     """The UTF-8 text of ``path``, refusing files that resolve outside ``root`` (symlinks out of the set)."""
     if not path.resolve().is_relative_to(root.resolve()):
-        raise PersonaSetError(f"{path}: links outside the persona set {root}; refused")
+        raise PersonaSetError(f"{shown(path)}: links outside the persona set {shown(root)}; refused")
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PersonaSetError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise PersonaSetError(f"{shown(path)}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
-        raise PersonaSetError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise PersonaSetError(f"{shown(path)}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
 def _json(text: str, source: Path | str) -> object:
@@ -120,7 +126,7 @@ def _json(text: str, source: Path | str) -> object:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise PersonaSetError(f"{source}: not valid JSON ({reason})") from None
+        raise PersonaSetError(f"{shown(source)}: not valid JSON ({reason})") from None
 
 
 def load_persona_dir(path: str | Path, model_name: str = "the assistant") -> PersonaSet:
@@ -147,11 +153,11 @@ def load_persona_dir(path: str | Path, model_name: str = "the assistant") -> Per
                 raise TypeError("'instruction' must be a list of {'pos': text}")
             prompts = tuple(item["pos"].replace("{model_name}", model_name) for item in items)
         except (KeyError, TypeError, IndexError) as exc:
-            raise PersonaSetError(f"{role_file}: not an upstream role file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+            raise PersonaSetError(f"{shown(role_file)}: not an upstream role file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         if role_file.stem == DEFAULT_ROLE:
             default_prompts = prompts
         else:
-            roles[check_role_name(role_file.stem, str(role_file))] = prompts
+            roles[check_role_name(role_file.stem, shown(role_file))] = prompts
     if not default_prompts:
         raise PersonaSetError(f"{instructions_dir}: no {DEFAULT_ROLE}.json with the default-assistant prompts")
     questions = []
