@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -9,6 +10,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -124,9 +126,9 @@ def test_sigkill_at_every_line_of_a_baseline_write_leaves_old_or_new_whole(tmp_p
     assert all(name.startswith(("baseline-", "samples-")) for name in leftovers), leftovers
 
 
-def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
-    folder = tmp_path / "baseline"
-    save_baseline(synthetic_baseline(1), folder)
+@contextlib.contextmanager
+def lock_held_by_another_process(folder: Path) -> Iterator[int]:
+    """A forked child holds ``folder``'s write lock for the ``with`` block; yields its pid."""
     ready_r, ready_w = os.pipe()
     release_r, release_w = os.pipe()
     pid = os.fork()
@@ -134,22 +136,30 @@ def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
         try:
             with baseline_write_lock(folder):
                 os.write(ready_w, b"x")
-                os.read(release_r, 1)  # hold the lock until the parent has tried
+                os.read(release_r, 1)  # hold the lock until the parent is done
             os._exit(0)
-        except BaseException:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001 - any error must reach the parent as a status
             os._exit(3)
     try:
         assert os.read(ready_r, 1) == b"x"
-        with pytest.raises(BaselineError) as refused:
-            save_baseline(synthetic_baseline(2), folder)
+        yield pid
     finally:
         os.write(release_w, b"x")
         _, status = os.waitpid(pid, 0)
-    message = str(refused.value)
-    assert message == (
+        for fd in (ready_r, ready_w, release_r, release_w):
+            os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    folder = tmp_path / "baseline"
+    save_baseline(synthetic_baseline(1), folder)
+    with lock_held_by_another_process(folder) as pid:
+        with pytest.raises(BaselineError) as refused:
+            save_baseline(synthetic_baseline(2), folder)
+    assert str(refused.value) == (
         f"baseline dir {folder.absolute()} is being written by another run (pid {pid}); wait or use another --baseline-dir"
     )
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert which_baseline(folder, synthetic_baseline(1), synthetic_baseline(2)) == "old"
     save_baseline(synthetic_baseline(2), folder)  # the holder is gone: the lock is free again
     assert which_baseline(folder, synthetic_baseline(1), synthetic_baseline(2)) == "new"
@@ -176,24 +186,9 @@ def test_update_run_takes_the_lock_before_loading_anything(tmp_path):
 
     folder = tmp_path / "baseline"
     check = DriftCheck(tmp_path / "no-such-model", folder, update_baseline=True, cache_dir=None, progress=False)
-    ready_r, ready_w = os.pipe()
-    release_r, release_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with baseline_write_lock(folder):
-                os.write(ready_w, b"x")
-                os.read(release_r, 1)
-            os._exit(0)
-        except BaseException:  # noqa: BLE001
-            os._exit(3)
-    try:
-        os.read(ready_r, 1)
+    with lock_held_by_another_process(folder):
         with pytest.raises(BaselineError, match="is being written by another run"):
             check.write_baseline()  # a CheckpointError here would mean it loaded (or tried) before locking
-    finally:
-        os.write(release_w, b"x")
-        os.waitpid(pid, 0)
 
 
 def fsync_fails_at(call: int):
