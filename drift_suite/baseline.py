@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import fcntl
 import hashlib
 import json
@@ -28,7 +27,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from . import __version__
-from .cache import TMP_SUFFIX, atomic_write_bytes, safetensors_bytes
+from .cache import TMP_SUFFIX, atomic_write_bytes, safetensors_bytes, write_failure
 from .conversations import Design
 from .errors import BaselineError
 from .extract import GenerationSettings
@@ -152,10 +151,13 @@ def baseline_write_lock(directory: str | Path) -> Iterator[None]:
         finally:
             _held_locks[folder] -= 1
         return
-    folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BaselineError(f"cannot write baseline to {folder}/ ({write_failure(exc)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -209,8 +211,9 @@ def save_baseline(baseline: Baseline, directory: str | Path) -> Path:
         except OSError as exc:
             for path in written:  # not named by the old manifest: nothing refers to them
                 path.unlink(missing_ok=True)
-            reason = "disk full" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc.strerror or exc}"
-            raise BaselineError(f"cannot write baseline to {folder}/ ({reason}); the old baseline, if any, is unchanged") from None
+            raise BaselineError(
+                f"cannot write baseline to {folder}/ ({write_failure(exc)}); the old baseline, if any, is unchanged"
+            ) from None
         baseline.manifest = manifest
         for stale in list(folder.glob("baseline-*.safetensors")) + list(folder.glob("samples-*.json")):
             if stale.name not in (tensor_name, samples_name):

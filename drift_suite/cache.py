@@ -49,6 +49,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, in a few words for a one-line message: "disk full" or the OS's reason."""
+    return "disk full" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
 def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
 
@@ -72,8 +77,7 @@ def store(cache_dir: Path, key: str, tensors: dict[str, np.ndarray], metadata: d
     try:
         atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
     except OSError as exc:
-        reason = "disk full" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc.strerror or exc}"
-        log.warning("measurement cache %s not written (%s); continuing without it", path, reason)
+        log.warning("measurement cache %s not written (%s); continuing without it", path, write_failure(exc))
         return None
     return path
 

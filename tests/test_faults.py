@@ -235,6 +235,12 @@ def test_baseline_into_a_read_only_dir_is_one_line(tmp_path):
         folder.chmod(0o755)
 
 
+def test_baseline_dir_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(BaselineError, match=r"cannot write baseline to .*a-file/baseline/ \(\w+Error"):
+        save_baseline(synthetic_baseline(1), tmp_path / "a-file" / "baseline")
+
+
 DESIGN = Design(default_questions=3, role_prompts=1, role_questions=2)
 SETTINGS = GenerationSettings(max_new_tokens=6, batch_size=5)  # 17 conversations → 4 batches
 
