@@ -165,7 +165,8 @@ def load_tokenizer(source: str, trust_remote_code: bool, revision: str | None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise CheckpointError(f"{source}: cannot load its tokenizer ({type(exc).__name__})") from None
+        remote = "; it needs its own code, run only with --trust-remote-code" if "trust_remote_code" in str(exc) else ""
+        raise CheckpointError(f"{source}: cannot load its tokenizer ({type(exc).__name__}){remote}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None) is None:

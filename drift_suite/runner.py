@@ -9,6 +9,7 @@ measured and compared, the gate taking the worst step.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from .models import (
     read_model_shape,
 )
 from .personas import PersonaSet, resolve_persona_set
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,8 +95,12 @@ def read_reward_log(run_dir: str | Path) -> dict[int, float]:
     candidates = [root / "trainer_state.json"] + [p / "trainer_state.json" for p in reversed(find_run_checkpoints(root).values())]
     for path in candidates:
         if path.is_file():
-            history = json.loads(path.read_text()).get("log_history", [])
-            return {int(entry["step"]): float(entry["reward"]) for entry in history if "reward" in entry and "step" in entry}
+            try:
+                history = json.loads(path.read_text()).get("log_history", [])
+                return {int(entry["step"]): float(entry["reward"]) for entry in history if "reward" in entry and "step" in entry}
+            except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # the reward plot is optional
+                log.warning("%s: unreadable trainer log (%s); reward curve left out", path, type(exc).__name__)
+                return {}
     return {}
 
 

@@ -177,6 +177,35 @@ def test_a_checkpoints_own_code_never_runs_by_default(tiny_checkpoint, tmp_path)
     assert not canary.exists()
 
 
+def test_a_tokenizers_own_code_never_runs_by_default(tiny_checkpoint, tmp_path):
+    canary = tmp_path / "canary"
+    model_dir = shutil.copytree(tiny_checkpoint, tmp_path / "remote-tokenizer")
+    (model_dir / "evil_tok.py").write_text(
+        f"open({str(canary)!r}, 'w')\nfrom transformers import PreTrainedTokenizerFast\n"
+        "class EvilTok(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTok", auto_map={"AutoTokenizer": [None, "evil_tok.EvilTok"]})
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="run only with --trust-remote-code"):
+        models.load_model(model_dir)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "trainer_state",
+    [b"\xff", b"{", b"[]", b'{"log_history": 5}', b'{"log_history": [{"step": "x", "reward": 1}]}',
+     b'{"log_history": [{"step": 1, "reward": {"a": 1}}]}', b"[" * 100_000],
+)
+def test_a_hostile_trainer_log_only_loses_the_reward_curve(tmp_path, trainer_state, caplog):
+    run = tmp_path / "run"
+    (run / "checkpoint-1").mkdir(parents=True)
+    (run / "checkpoint-1" / "config.json").write_text("{}")
+    (run / "checkpoint-1" / "trainer_state.json").write_bytes(trainer_state)
+    assert read_reward_log(run) == {}
+    assert "reward curve left out" in caplog.text
+
+
 def test_trust_remote_code_reaches_every_loader_only_when_asked(tiny_checkpoint, tmp_path, monkeypatch):
     import transformers
 
