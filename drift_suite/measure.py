@@ -178,7 +178,7 @@ def _generate_by_batch(
             batch_settings = replace(settings, seed=settings.seed + index)
             part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=False)
             fill(batch, part.means, part.token_counts, part.responses)
-            if cache_dir is not None:
+            if cache_dir is not None and batch is not todo[-1][1]:  # the last one is cached whole, next
                 cache.store(
                     Path(cache_dir),
                     batch_key(key, batch),
