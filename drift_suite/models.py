@@ -241,16 +241,16 @@ def load_model(
     return LoadedModel(model, tokenizer, info)
 
 
-def read_model_shape(spec: str | Path, base_model: str | None = None) -> tuple[int, int]:
+def read_model_shape(spec: str | Path, base_model: str | None = None, trust_remote_code: bool = False) -> tuple[int, int]:
     """``(num_layers, hidden_size)`` from a checkpoint's config without loading weights."""
     path = Path(str(spec)).expanduser()
     if (path / "adapter_config.json").is_file():
         base = base_model or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        return read_model_shape(base)
+        return read_model_shape(base, trust_remote_code=trust_remote_code)
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(spec), trust_remote_code=False)
+        config = AutoConfig.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
     except Exception as exc:
         remote = " (its own code, run only with --trust-remote-code)" if "trust_remote_code" in str(exc) else ""
         raise CheckpointError(f"{spec}: cannot read model config ({type(exc).__name__}){remote}") from None

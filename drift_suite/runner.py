@@ -185,7 +185,8 @@ class DriftCheck:
                 return self.stored_baseline().asserted_layers
             except BaselineError:
                 pass
-        num_layers, _ = read_model_shape(self.reference_model() if self.update_baseline else self.targets()[0][1], self.base_model)
+        spec = self.reference_model() if self.update_baseline else self.targets()[0][1]
+        num_layers, _ = read_model_shape(spec, self.base_model, trust_remote_code=self.trust_remote_code)
         return resolve_layers(self.config.layers, num_layers)
 
     def planned_roles(self) -> list[str]:
