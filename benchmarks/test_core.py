@@ -34,7 +34,7 @@ from benchmarks.workloads import (
     two_pass_reference,
     workload_flops,
 )
-from drift_suite.extract import Extraction, _batches, generate_and_capture
+from drift_suite.extract import Extraction, plan_batches, generate_and_capture
 
 MATMUL_SIZE = 2048
 
@@ -140,7 +140,7 @@ def test_hook_overhead(benchmark: Any, loaded: Any, prompts: list[str], results:
     cfg = loaded.model.config
     hook_s = sum(
         hook_work_seconds(cfg.num_hidden_layers, cfg.hidden_size, len(batch), SETTINGS.max_new_tokens)
-        for batch in _batches(encode(loaded.tokenizer, prompts), SETTINGS)
+        for batch in plan_batches(encode(loaded.tokenizer, prompts), SETTINGS)
     )
     entry: dict[str, Any] = {
         "decode_without_hooks_best_s": round(timed.best, 3),

@@ -28,7 +28,7 @@ from benchmarks.workloads import (
     other_processes_cpu,
     read_bandwidth_gbs,
 )
-from drift_suite.extract import GenerationSettings, _batches, generate_and_capture
+from drift_suite.extract import GenerationSettings, plan_batches, generate_and_capture
 
 BATCH_SIZES = (32, 64, 98, SETTINGS.batch_size)
 
@@ -43,7 +43,7 @@ def _line(results: dict[str, Any], name: str, text: str) -> None:
 
 def _decode_steps(loaded: Any, prompts: list[str], settings: GenerationSettings) -> int:
     """Forward steps per run: per batch, the prefill (counted once) + ``max_new_tokens`` decode steps."""
-    return len(_batches(encode(loaded.tokenizer, prompts), settings)) * (settings.max_new_tokens + 1)
+    return len(plan_batches(encode(loaded.tokenizer, prompts), settings)) * (settings.max_new_tokens + 1)
 
 
 def _capture_seconds(benchmark: Any, loaded: Any, prompts: list[str], settings: GenerationSettings,

@@ -28,7 +28,7 @@ from drift_suite.decode import left_pad
 from drift_suite.extract import (
     GenerationSettings,
     _AnswerAccumulator,
-    _batches,
+    plan_batches,
     _eos_ids,
     _hidden_of,
 )
@@ -154,7 +154,7 @@ def generate_answers(
     """:func:`generate_batch` over all prompts, batched exactly like the project path."""
     encoded = encode(tokenizer, prompts)
     answers: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches(encoded, settings):
+    for batch in plan_batches(encoded, settings):
         out = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings, steps, **generate_kwargs)
         for i, answer in zip(batch, out):
             answers[i] = answer
@@ -168,7 +168,7 @@ def decode_answers(
     encoded = encode(tokenizer, prompts)
     eos = _eos_ids(model, tokenizer)
     answers: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches(encoded, settings):
+    for batch in plan_batches(encoded, settings):
         tokens = extract.decode(model, [encoded[i] for i in batch], settings.max_new_tokens, eos, _pad_id(model, tokenizer))
         for i, row in zip(batch, tokens.tolist()):
             answers[i] = _content(row, set(eos), settings.max_new_tokens)
@@ -246,7 +246,7 @@ def two_pass_reference(
         token_counts=np.zeros(len(prompts), dtype=np.int64),
         answer_ids=[[] for _ in prompts],
     )
-    for batch in _batches(encoded, settings):
+    for batch in plan_batches(encoded, settings):
         start = time.perf_counter()
         batch_answers = generate_batch(model, tokenizer, [encoded[i] for i in batch], settings)
         result.generate_s += time.perf_counter() - start
@@ -301,7 +301,7 @@ def prefill_flops_computed(model: torch.nn.Module, encoded: Sequence[Sequence[in
     """
     no_head = 2 * (linear_weights(model) - lm_head_weights(model))
     total = 0
-    for batch in _batches(encoded, settings):
+    for batch in plan_batches(encoded, settings):
         rows = [encoded[i] for i in batch]
         plan = decode_module.plan_prefill(rows)
         if plan is None:

@@ -8,22 +8,26 @@ Layout of a baseline dir::
 
 Writes are atomic: the data files get new content-addressed names, then ``manifest.json`` is replaced in
 one ``os.replace``, the commit point; a crash at any moment leaves a manifest whose files exist.
+Writers hold the dir's lock (:func:`baseline_write_lock`), so two runs never interleave their writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from safetensors.numpy import load_file
 
 from . import __version__
-from .cache import atomic_write_bytes, safetensors_bytes
+from .cache import TMP_SUFFIX, atomic_write_bytes, safetensors_bytes, write_failure
 from .conversations import Design
 from .errors import BaselineError
 from .extract import GenerationSettings
@@ -126,23 +130,94 @@ def _tensors(baseline: Baseline) -> dict[str, np.ndarray]:
     }
 
 
+LOCK_FILE = ".drift-suite-write.lock"
+_held_locks: dict[Path, int] = {}
+"""Baseline dirs this process holds the write lock of, and how many ``with`` blocks hold it (re-entrant)."""
+
+
+@contextlib.contextmanager
+def baseline_write_lock(directory: str | Path) -> Iterator[None]:
+    """Hold the write lock of a baseline dir, or raise a one-line :class:`BaselineError` at once.
+
+    A ``flock`` on a lock file in the dir: the kernel drops it when its holder dies, so a killed run never
+    leaves the dir locked. The lock file is removed on release; re-checking after locking that the name
+    still points at the locked file keeps that removal race-free. Re-entrant within one process.
+    """
+    folder = Path(directory).absolute()
+    if folder in _held_locks:
+        _held_locks[folder] += 1
+        try:
+            yield
+        finally:
+            _held_locks[folder] -= 1
+        return
+    lock_path = folder / LOCK_FILE
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BaselineError(f"cannot write baseline to {folder}/ ({write_failure(exc)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BaselineError(
+                f"baseline dir {folder} is being written by another run (pid {holder}); wait or use another --baseline-dir"
+            ) from None
+        try:
+            same_file = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)  # its holder removed it between our open and flock: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _held_locks[folder] = 1
+        yield
+    finally:
+        _held_locks.pop(folder, None)
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # while still locked: a waiter that opened it re-checks and retries
+        os.close(fd)
+
+
 def save_baseline(baseline: Baseline, directory: str | Path) -> Path:
-    """Write ``baseline`` into ``directory`` atomically; returns the manifest path."""
+    """Write ``baseline`` into ``directory`` atomically; returns the manifest path.
+
+    Under the dir's write lock. A failed write (disk full, read-only) is a one-line :class:`BaselineError`
+    and leaves the old baseline and no new file behind.
+    """
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensor_bytes = safetensors_bytes(_tensors(baseline))
-    tensor_name = f"baseline-{hashlib.sha256(tensor_bytes).hexdigest()[:16]}.safetensors"
-    atomic_write_bytes(folder / tensor_name, tensor_bytes)
-    samples_bytes = json.dumps(baseline.samples, indent=1, ensure_ascii=False).encode()
-    samples_name = f"samples-{hashlib.sha256(samples_bytes).hexdigest()[:16]}.json"
-    atomic_write_bytes(folder / samples_name, samples_bytes)
-    manifest = {**baseline.manifest, "files": {"tensors": tensor_name, "samples": samples_name}}
-    manifest_path = folder / MANIFEST
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode() + b"\n")
-    baseline.manifest = manifest
-    for stale in list(folder.glob("baseline-*.safetensors")) + list(folder.glob("samples-*.json")):
-        if stale.name not in (tensor_name, samples_name):
-            stale.unlink()
+    with baseline_write_lock(folder):
+        for leftover in folder.glob(f".*{TMP_SUFFIX}"):  # from writers killed mid-write; we hold the lock
+            leftover.unlink(missing_ok=True)
+        tensor_bytes = safetensors_bytes(_tensors(baseline))
+        tensor_name = f"baseline-{hashlib.sha256(tensor_bytes).hexdigest()[:16]}.safetensors"
+        samples_bytes = json.dumps(baseline.samples, indent=1, ensure_ascii=False).encode()
+        samples_name = f"samples-{hashlib.sha256(samples_bytes).hexdigest()[:16]}.json"
+        manifest = {**baseline.manifest, "files": {"tensors": tensor_name, "samples": samples_name}}
+        manifest_path = folder / MANIFEST
+        written: list[Path] = []
+        try:
+            for name, data in ((tensor_name, tensor_bytes), (samples_name, samples_bytes)):
+                if not (folder / name).is_file():  # content-addressed: an existing file holds these bytes
+                    atomic_write_bytes(folder / name, data)
+                    written.append(folder / name)
+            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode() + b"\n")
+        except OSError as exc:
+            for path in written:  # not named by the old manifest: nothing refers to them
+                path.unlink(missing_ok=True)
+            raise BaselineError(
+                f"cannot write baseline to {folder}/ ({write_failure(exc)}); the old baseline, if any, is unchanged"
+            ) from None
+        baseline.manifest = manifest
+        for stale in list(folder.glob("baseline-*.safetensors")) + list(folder.glob("samples-*.json")):
+            if stale.name not in (tensor_name, samples_name):
+                stale.unlink()
     return manifest_path
 
 

@@ -99,7 +99,7 @@ class _AnswerAccumulator:
             self.sums[:, layer] += hidden[:, -1].float() * self.mask[:, None]
 
 
-def _batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[list[int]]:
+def plan_batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[list[int]]:
     """Prompt indices in batches within the size and token budgets, prompts sharing a prefix kept together.
 
     Sorting by token ids puts prompts with the same system turn next to each other, so a batch holds whole
@@ -151,7 +151,7 @@ def generate_and_capture(
         return hook
 
     handles = [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
-    batches = _batches(encoded, settings)
+    batches = plan_batches(encoded, settings)
     generator = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
     bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generating", disable=not progress, unit="conv")
     try:

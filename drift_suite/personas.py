@@ -11,12 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PersonaSetError
 
 DEFAULT_ROLE = "default"
+_ROLE_NAME = re.compile(r"[^\W_][\w .+-]{0,127}")
+"""A role name: a letter or digit, then letters, digits, ``_ .+-`` and spaces; never a path (no separator,
+no NUL, no leading dot), since role names become file stems, labels and keys in reports."""
+
+
+def shown(path: str | Path) -> str:
+    """``path`` for a one-line message: quoted and escaped when its name holds control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def check_role_name(name: object, source: str) -> str:
+    """``name`` if it is a safe role name, else a one-line :class:`PersonaSetError` naming ``source``."""
+    if not isinstance(name, str) or not _ROLE_NAME.fullmatch(name):
+        raise PersonaSetError(f"{source}: role name {name!r} refused (letters, digits, '_ .+-' only; no paths)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,11 @@ class PersonaSet:
     descriptions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for role in self.roles:
+            check_role_name(role, f"persona set {self.name!r}")
+        texts = [*self.default_prompts, *self.questions, *(p for prompts in self.roles.values() for p in prompts)]
+        if not all(isinstance(text, str) for text in texts):
+            raise PersonaSetError(f"persona set {self.name!r}: every prompt and question must be a string")
         if not self.default_prompts:
             raise PersonaSetError(f"persona set {self.name!r} has no default-assistant prompts")
         if len(self.roles) < 2:
@@ -87,10 +109,32 @@ class PersonaSet:
         )
 
 
+def _read_text_inside(root: Path, path: Path) -> str:
+    """The UTF-8 text of ``path``, refusing files that resolve outside ``root`` (symlinks out of the set)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise PersonaSetError(f"{shown(path)}: links outside the persona set {shown(root)}; refused")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PersonaSetError(f"{shown(path)}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise PersonaSetError(f"{shown(path)}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _json(text: str, source: Path | str) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise PersonaSetError(f"{shown(source)}: not valid JSON ({reason})") from None
+
+
 def load_persona_dir(path: str | Path, model_name: str = "the assistant") -> PersonaSet:
     """Load a persona set in the upstream Assistant-Axis format from ``path``.
 
-    ``{model_name}`` placeholders in the default prompts are filled in, as upstream does.
+    ``{model_name}`` placeholders in the default prompts are filled in, as upstream does. Every problem
+    with the files, including role names that try to be paths and symlinks out of the dir, is a one-line
+    :class:`PersonaSetError`.
     """
     root = Path(path)
     instructions_dir = root / "roles" / "instructions"
@@ -102,29 +146,35 @@ def load_persona_dir(path: str | Path, model_name: str = "the assistant") -> Per
     default_prompts: tuple[str, ...] = ()
     roles: dict[str, tuple[str, ...]] = {}
     for role_file in sorted(instructions_dir.glob("*.json")):
+        data = _json(_read_text_inside(root, role_file), role_file)
         try:
-            data = json.loads(role_file.read_text())
-            prompts = tuple(item["pos"].replace("{model_name}", model_name) for item in data["instruction"])
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise PersonaSetError(f"{role_file}: not an upstream role file ({type(exc).__name__}: {exc})") from None
+            items = data["instruction"]  # type: ignore[index]
+            if not isinstance(items, list) or not all(isinstance(item["pos"], str) for item in items):
+                raise TypeError("'instruction' must be a list of {'pos': text}")
+            prompts = tuple(item["pos"].replace("{model_name}", model_name) for item in items)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise PersonaSetError(f"{shown(role_file)}: not an upstream role file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         if role_file.stem == DEFAULT_ROLE:
             default_prompts = prompts
         else:
-            roles[role_file.stem] = prompts
+            roles[check_role_name(role_file.stem, shown(role_file))] = prompts
     if not default_prompts:
         raise PersonaSetError(f"{instructions_dir}: no {DEFAULT_ROLE}.json with the default-assistant prompts")
     questions = []
-    for line_no, line in enumerate(questions_file.read_text().splitlines(), 1):
+    for line_no, line in enumerate(_read_text_inside(root, questions_file).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            questions.append(json.loads(line)["question"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise PersonaSetError(f"{questions_file}:{line_no}: expected a JSON object with a 'question'") from None
+        entry = _json(line, f"{questions_file}:{line_no}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("question"), str):
+            raise PersonaSetError(f"{questions_file}:{line_no}: expected a JSON object with a 'question' string")
+        questions.append(entry["question"])
     descriptions: dict[str, str] = {}
     role_list = root / "roles" / "role_list.json"
     if role_list.is_file():
-        descriptions = {k: v for k, v in json.loads(role_list.read_text()).items() if k in roles}
+        listed = _json(_read_text_inside(root, role_list), role_list)
+        if not isinstance(listed, dict):
+            raise PersonaSetError(f"{role_list}: expected a JSON object of role: description")
+        descriptions = {k: str(v) for k, v in listed.items() if k in roles}
     return PersonaSet(root.name, default_prompts, roles, tuple(questions), descriptions)
 
 

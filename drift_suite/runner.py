@@ -9,6 +9,7 @@ measured and compared, the gate taking the worst step.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baseline import Baseline, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
+from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
 from .errors import BaselineError, CheckpointError
@@ -34,6 +35,8 @@ from .models import (
     read_model_shape,
 )
 from .personas import PersonaSet, resolve_persona_set
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,8 +90,12 @@ def read_reward_log(run_dir: str | Path) -> dict[int, float]:
     candidates = [root / "trainer_state.json"] + [p / "trainer_state.json" for p in reversed(find_run_checkpoints(root).values())]
     for path in candidates:
         if path.is_file():
-            history = json.loads(path.read_text()).get("log_history", [])
-            return {int(entry["step"]): float(entry["reward"]) for entry in history if "reward" in entry and "step" in entry}
+            try:
+                history = json.loads(path.read_text()).get("log_history", [])
+                return {int(entry["step"]): float(entry["reward"]) for entry in history if "reward" in entry and "step" in entry}
+            except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # the reward plot is optional
+                log.warning("%s: unreadable trainer log (%s); reward curve left out", path, type(exc).__name__)
+                return {}
     return {}
 
 
@@ -173,7 +180,8 @@ class DriftCheck:
                 return self.stored_baseline().asserted_layers
             except BaselineError:
                 pass
-        num_layers, _ = read_model_shape(self.reference_model() if self.update_baseline else self.targets()[0][1], self.base_model)
+        spec = self.reference_model() if self.update_baseline else self.targets()[0][1]
+        num_layers, _ = read_model_shape(spec, self.base_model, trust_remote_code=self.trust_remote_code)
         return resolve_layers(self.config.layers, num_layers)
 
     def planned_roles(self) -> list[str]:
@@ -201,6 +209,10 @@ class DriftCheck:
 
     def write_baseline(self) -> tuple[Baseline, list[str]]:
         """Measure the reference model and write its baseline; returns it and what changed."""
+        with baseline_write_lock(self.baseline_dir):  # refuse a second writer before measuring, not after
+            return self._write_baseline()
+
+    def _write_baseline(self) -> tuple[Baseline, list[str]]:
         start = time.perf_counter()
         spec = self.reference_model()
         loaded = self._load(spec)
