@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .distributed import is_main_process
 from .errors import DriftSuiteError
 
 
@@ -38,6 +39,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"baseline: {line}")
     checks = outcome.gate_checks()
     failed = [c for c in checks if not c.passed]
+    if not is_main_process():
+        # torchrun / accelerate launch: the main process prints and writes the report, and its exit code is
+        # the launch's (a launcher stops every rank as soon as one exits non-zero, the main one mid-report).
+        return 0
     for check in failed:
         print(f"FAIL {check.message()}")
     print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DriftSuiteError as exc:
+        if not is_main_process():
+            return 0  # the main process has the same error: it prints it and exits 2
         print(f"drift-suite: error: {exc}", file=sys.stderr)
         return 2
 

@@ -131,7 +131,9 @@ class DriftSession:
 
     def write_report(self) -> Path | None:
         target = self.pytest_config.getoption("drift_report")
-        if self._outcome is None or not target or target == "none":
+        from .distributed import is_main_process
+
+        if self._outcome is None or not target or target == "none" or not is_main_process():
             return None
         from .report import render_report
         from .report_data import build_report_data
@@ -144,8 +146,16 @@ def _usage(message: str) -> Exception:
     return pytest.UsageError(f"drift_suite: {message}")
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists, so a non-main rank can drop it
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = DriftSession(config)
+    from .distributed import is_main_process
+
+    if config.getoption("checkpoint") is not None and not is_main_process():
+        # torchrun / accelerate launch: every rank runs the same tests to the same verdict; one prints.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            config.pluginmanager.unregister(reporter)
     config.addinivalue_line("markers", "drift: a test that reads the drift_suite measurement")
 
 
@@ -197,6 +207,11 @@ def assert_check(check: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drift_session: DriftSession = session.config.stash[_SESSION_KEY]
     drift_session.write_report()
+    from .distributed import is_main_process
+
+    if drift_session.requested and not is_main_process():
+        # A launcher stops every rank once one exits non-zero; the main process's exit code is the verdict.
+        session.exitstatus = 0
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -21,6 +21,7 @@ import torch
 from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
+from .distributed import measure_across_processes, on_main_then_share, process_context, rank_device
 from .errors import BaselineError, CheckpointError
 from .measure import Measurement, measure
 from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
@@ -204,7 +205,7 @@ class DriftCheck:
             self.config.design,
             self.config.generation,
             cache_dir=self.cache_dir,
-            progress=f"measuring {label}" if self.progress else False,
+            progress=f"measuring {label}" if self.progress and process_context().is_main else False,
         )
 
     def write_baseline(self) -> tuple[Baseline, list[str]]:
@@ -238,32 +239,50 @@ class DriftCheck:
                        f"measure {measurement.timings.get('generate_and_capture_s', 0):.1f}s)")
         return baseline, changes
 
+    def _reread_baseline(self) -> Baseline:
+        self._stored_baseline = None
+        return self.stored_baseline()
+
+    def _load_and_measure(self, path: str, baseline: Baseline) -> tuple[Measurement, dict[str, float]]:
+        """Load one target, check it fits ``baseline`` and measure it; returns the measurement and timings."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        loaded = self._load(path)
+        if process_context().distributed and torch.cuda.is_available() and not self.use_4bit:
+            loaded.model.to(rank_device())  # one GPU per rank: cuda:LOCAL_RANK
+        timings[f"load {Path(path).name}"] = time.perf_counter() - start
+        check_compatible(
+            baseline, loaded.info.to_dict(), self.persona_set, self.config.design, self.config.generation,
+            embedding_fingerprint(loaded.model),
+        )
+        measurement = self._measure(loaded, Path(path).name)
+        timings[f"measure {Path(path).name}"] = sum(measurement.timings.values())
+        return measurement, timings
+
     def run(self) -> DriftOutcome:
         """Measure and compare every target; with ``update_baseline`` write the baseline first."""
         timings: dict[str, float] = {}
         update_lines = None
         if self.update_baseline:
             start = time.perf_counter()
-            baseline, update_lines = self.write_baseline()
+            # Several processes: the main one writes the baseline, the others read it once written.
+            baseline, update_lines = on_main_then_share(self.write_baseline, lambda: (self._reread_baseline(), None))
             timings["baseline_s"] = time.perf_counter() - start
         else:
             baseline = self.stored_baseline()
         steps = []
-        for step, path in self.targets():
-            start = time.perf_counter()
-            loaded = self._load(path)
-            timings[f"load {Path(path).name}"] = time.perf_counter() - start
-            check_compatible(
-                baseline, loaded.info.to_dict(), self.persona_set, self.config.design, self.config.generation,
-                embedding_fingerprint(loaded.model),
-            )
-            measurement = self._measure(loaded, Path(path).name)
-            timings[f"measure {Path(path).name}"] = sum(measurement.timings.values())
+        targets = self.targets()
+        if process_context().distributed:  # torchrun / accelerate launch: each rank measures its share
+            measured = measure_across_processes(targets, lambda path: self._load_and_measure(path, baseline),
+                                                self.persona_set, self.config.design)
+        else:
+            measured = [self._load_and_measure(path, baseline) for _step, path in targets]
+        for (step, path), (measurement, measure_timings) in zip(targets, measured):
+            timings.update(measure_timings)
             start = time.perf_counter()
             comparison = compare(baseline, measurement, self.config.thresholds, step=step)
             timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
             steps.append(StepResult(step, path, comparison, measurement))
-            del loaded
         rewards = read_reward_log(self.checkpoint) if is_run_dir(self.checkpoint) else {}
         return DriftOutcome(self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards)
 

@@ -1,0 +1,124 @@
+"""Several processes (torchrun, gloo on the CPU): a run dir's checkpoints shared across ranks give the
+verdict and the numbers of one process, printed and written once; the payload format and the sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drift_suite.distributed import ProcessContext, my_share, pack, share_work, unpack
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+# A design small enough for a tiny model to measure in well under a second per checkpoint.
+PYPROJECT = """
+[tool.drift_suite]
+layers = [1, 2]
+[tool.drift_suite.design]
+default_questions = 3
+role_prompts = 1
+role_questions = 2
+[tool.drift_suite.generation]
+max_new_tokens = 6
+"""
+
+
+def outcome_numbers(outcome) -> dict:
+    """What a verdict rests on, per step, as JSON: the compared metrics and each check's result."""
+    return {
+        "passed": outcome.passed,
+        "steps": [
+            {
+                "step": result.step,
+                "checkpoint": Path(result.checkpoint).name,
+                "projection_shift": result.comparison.projection_shift.tolist(),
+                "rotation_deg": result.comparison.rotation_deg.tolist(),
+                "accessibility": result.comparison.accessibility.tolist(),
+                "default_mean": result.measurement.default_mean.tolist(),
+                "responses": result.measurement.responses,
+                "checks": [[c.family, c.subject, c.passed] for c in result.comparison.checks],
+            }
+            for result in outcome.steps
+        ],
+    }
+
+
+def test_ranks_share_items_round_robin_and_cover_each_once():
+    items = list("abcde")
+    shares = [my_share(items, ProcessContext(rank=r, world_size=2)) for r in range(2)]
+    assert shares == [[(0, "a"), (2, "c"), (4, "e")], [(1, "b"), (3, "d")]]
+    assert my_share(items, ProcessContext()) == list(enumerate(items))
+
+
+def test_payload_round_trips_arrays_and_fields_exactly():
+    means = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    arrays, fields = unpack(pack({"means": means}, {"responses": ["a", "é"], "n": 3}))
+    assert np.array_equal(arrays["means"], means) and arrays["means"].dtype == np.float32
+    assert fields == {"responses": ["a", "é"], "n": 3}
+
+
+def test_single_process_share_work_runs_everything_in_order():
+    assert share_work([1, 2, 3], lambda i: pack({}, {"i": i})) == [pack({}, {"i": i}) for i in (1, 2, 3)]
+
+
+def _run_dir(root: Path) -> tuple[Path, Path]:
+    """A base model and a run of 3 checkpoints, each with more weight noise on layer 2."""
+    from tiny import save_tiny_checkpoint
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_checkpoint(root / "base")
+    run = root / "run"
+    for step, scale in ((1, 0.0), (2, 0.05), (3, 0.5)):
+        model = AutoModelForCausalLM.from_pretrained(base)
+        torch.manual_seed(step)
+        with torch.no_grad():
+            for param in model.model.layers[2].parameters():
+                param.add_(torch.randn_like(param) * scale * param.std())
+        model.save_pretrained(run / f"checkpoint-{step}", safe_serialization=True)
+        from tiny import tiny_tokenizer
+
+        tiny_tokenizer().save_pretrained(run / f"checkpoint-{step}")
+    (run / "run_manifest.json").write_text(json.dumps({"model": str(base)}))
+    return base, run
+
+
+@pytest.mark.slow  # two fresh Python + torch processes: ~50 s on 2 busy cores
+def test_check_on_two_processes_equals_one_process(tmp_path):
+    from drift_suite.config import load_config
+    from drift_suite.runner import DriftCheck
+
+    _base, run = _run_dir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    config = load_config(tmp_path)
+    # One process: writes the baseline (of the run's base model) and gives the reference numbers.
+    one = DriftCheck(run, tmp_path / "baseline", config=config, cache_dir=None, update_baseline=True, progress=False).run()
+
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "DRIFT_TEST_NUMBERS": str(tmp_path / "numbers.json"),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(TESTS / "distributed_cli.py"), "check", str(run), "--baseline-dir", str(tmp_path / "baseline"),
+               "--no-cache", "--report", str(tmp_path / "report.html")]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    expected_code = 0 if one.passed else 1
+    assert done.returncode == expected_code, done.stderr[-3000:]
+    assert done.stdout.count("verdict:") == 1, done.stdout  # the other rank printed nothing
+    assert "(rank 0)" in done.stdout and "(rank 1)" in done.stdout  # both ranks measured
+    assert (tmp_path / "report.html").is_file()
+
+    two = json.loads((tmp_path / "numbers.json").read_text())
+    reference = outcome_numbers(one)
+    assert two["passed"] == reference["passed"]
+    assert [s["step"] for s in two["steps"]] == [1, 2, 3]
+    for mine, theirs in zip(two["steps"], reference["steps"]):
+        assert mine["checks"] == theirs["checks"] and mine["responses"] == theirs["responses"]
+        for name in ("projection_shift", "rotation_deg", "accessibility", "default_mean"):
+            np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-6, atol=1e-7, err_msg=f"step {mine['step']} {name}")
+    # The planted noise must show, or this test could not tell a wrong gather from a right one.
+    assert not np.allclose(reference["steps"][0]["default_mean"], reference["steps"][2]["default_mean"])
