@@ -19,14 +19,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .cache import atomic_write_bytes
 from .errors import CheckpointError, DriftSuiteError
 
 if TYPE_CHECKING:  # heavy imports stay out of `--help` and of config errors
@@ -38,6 +41,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `--help` and of config errors
 PROG = "drift-suite train"
 MANIFEST = "run_manifest.json"
 FINAL_DIR = "final"
+TRAIN_LOG = "train_log.jsonl"
 
 
 class TrainSetupError(DriftSuiteError):
@@ -74,6 +78,10 @@ class TrainArgs:
     logging_steps: int = 1
     drift_every: int = 0
     drift_baseline_dir: str = "baselines"
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
 
 
 _HELP: dict[str, str] = {
@@ -106,7 +114,13 @@ _HELP: dict[str, str] = {
     "drift/rotation_deg next to the reward (0: off)",
     "drift_baseline_dir": "baseline whose Assistant Axis --drift_every projects on (without one, the axis "
     "of the untrained model's subset measurement is used)",
+    "use_vllm": "generate the rollouts with vLLM (needs the vllm package and CUDA)",
+    "vllm_mode": "with --use_vllm: 'colocate' (vLLM inside each training process) or 'server' (a separate "
+    "`trl vllm-serve` process)",
+    "vllm_server_host": "with --vllm_mode server: host of the `trl vllm-serve` server",
+    "vllm_server_port": "with --vllm_mode server: port of the `trl vllm-serve` server",
 }
+VLLM_MODES = ("colocate", "server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = f"--{f.name}"
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", help=_HELP[f.name])
+            continue
+        if f.name == "vllm_mode":
+            parser.add_argument(flag, choices=VLLM_MODES, default=f.default, help=_HELP[f.name])
             continue
         kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
         metavar = {int: "N", float: "X"}.get(kind, f.name.upper().split("_")[-1])
@@ -175,6 +192,16 @@ def check_args(args: TrainArgs) -> None:
         raise TrainSetupError("--drift_every must be >= 0 (0 turns the drift probe off)")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise TrainSetupError("nothing to train: set --max_steps > 0 or --num_train_epochs > 0")
+    if args.vllm_mode not in VLLM_MODES:
+        raise TrainSetupError(f"--vllm_mode {args.vllm_mode}: use one of {', '.join(VLLM_MODES)}")
+    if args.use_vllm and not _vllm_installed():
+        raise TrainSetupError("--use_vllm needs the vllm package (pip install vllm, on a CUDA machine); it is not installed here")
+
+
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -224,6 +251,12 @@ def build_grpo_config(args: TrainArgs) -> GRPOConfig:
         fp16=False,
         use_cpu=not cuda,
         report_to="none",
+        use_vllm=args.use_vllm,
+        vllm_mode=args.vllm_mode,
+        vllm_server_host=args.vllm_server_host,
+        vllm_server_port=args.vllm_server_port,
+        # One summary line per log (TrainingLogCallback) instead of tqdm bars and raw log dicts.
+        disable_tqdm=True,
         **overrides,
     )
 
@@ -254,12 +287,11 @@ def reward_functions(args: TrainArgs) -> list[Callable[..., list[float]]]:
 
 
 def build_callbacks(args: TrainArgs) -> list[TrainerCallback]:
-    """The drift probe with ``--drift_every N``; nothing otherwise."""
-    if args.drift_every <= 0:
-        return []
-    from .callbacks import DriftProbeCallback
+    """The drift probe with ``--drift_every N``, then the log summary (it prints what the probe added)."""
+    from .callbacks import DriftProbeCallback, TrainingLogCallback
 
-    return [DriftProbeCallback(every=args.drift_every, baseline_dir=args.drift_baseline_dir)]
+    probe = [DriftProbeCallback(every=args.drift_every, baseline_dir=args.drift_baseline_dir)] if args.drift_every > 0 else []
+    return [*probe, TrainingLogCallback(Path(args.output_dir) / TRAIN_LOG)]
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -339,8 +371,9 @@ def make_trainer(
 ) -> GRPOTrainer:
     """Assemble TRL's GRPOTrainer from the pieces built above."""
     import trl
+    from transformers.trainer_callback import PrinterCallback
 
-    return trl.GRPOTrainer(
+    trainer = trl.GRPOTrainer(
         model=model,
         reward_funcs=reward_functions(args),
         args=config,
@@ -349,6 +382,8 @@ def make_trainer(
         peft_config=peft_config,
         callbacks=build_callbacks(args),
     )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; TrainingLogCallback prints a summary line instead
+    return trainer
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -388,7 +423,7 @@ def write_manifest(args: TrainArgs, started: str, finished: str | None) -> Path:
         "use_lora": args.use_lora,
     }
     path = out / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
     return path
 
 
@@ -404,21 +439,30 @@ def _fix_adapter_base(folder: Path, base: str) -> None:
         config = json.loads(config_path.read_text())
         if config.get("base_model_name_or_path") != base:
             config["base_model_name_or_path"] = base
-            config_path.write_text(json.dumps(config, indent=2) + "\n")
+            atomic_write_bytes(config_path, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def finish_outputs(args: TrainArgs, trainer: Any, tokenizer: Any) -> Path:
-    """Save ``final/`` (adapter or full model, with tokenizer) and the trainer state; returns ``final/``."""
+    """Save ``final/`` (adapter or full model, with tokenizer) and the trainer state; returns ``final/``.
+
+    Called on every process: ``save_model`` gathers sharded weights (FSDP, ZeRO-3) and writes on the main
+    process only; the rest is written by the main process alone.
+    """
+    import dataclasses
+
     from .models import find_run_checkpoints
 
     out = Path(args.output_dir)
     final = out / FINAL_DIR
     trainer.save_model(str(final))
+    if not trainer.is_world_process_zero():
+        return final
     tokenizer.save_pretrained(str(final))
     base = resolve_model_spec(args.model)
     for folder in [final, *find_run_checkpoints(out).values()]:
         _fix_adapter_base(folder, base)
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
+    state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"  # as TrainerState writes it
+    atomic_write_bytes(out / "trainer_state.json", state.encode())
     return final
 
 
@@ -431,7 +475,7 @@ def summary_lines(args: TrainArgs, log_history: list[dict[str, Any]], seconds: f
     lines = [
         f"checkpoints: {', '.join(str(p) for p in checkpoints.values()) or 'none (--save_steps > steps run)'}",
         f"final {'adapter' if args.use_lora else 'model'}: {out / FINAL_DIR}",
-        f"reward log: {out / 'trainer_state.json'} (log_history)",
+        f"reward log: {out / 'trainer_state.json'} (log_history); every log entry: {out / TRAIN_LOG}",
     ]
     curve = reward_curve(log_history)
     if curve:
@@ -461,8 +505,10 @@ def run(args: TrainArgs) -> int:
     dataset = build_train_dataset(args)
     model, tokenizer = load_training_model(args)
     trainer = make_trainer(args, model, tokenizer, dataset, config, peft_config)
+    main_process = trainer.is_world_process_zero()  # under torchrun / accelerate launch only it writes and prints
     started = _now()
-    write_manifest(args, started, None)
+    if main_process:
+        write_manifest(args, started, None)
     resume = True if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
     if resume is True:
         from .models import find_run_checkpoints
@@ -474,20 +520,47 @@ def run(args: TrainArgs) -> int:
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     finish_outputs(args, trainer, tokenizer)
-    write_manifest(args, started, _now())
-    for line in summary_lines(args, trainer.state.log_history, seconds, trainer.state.global_step - start_step):
-        print(line)
+    if main_process:
+        write_manifest(args, started, _now())
+        for line in summary_lines(args, trainer.state.log_history, seconds, trainer.state.global_step - start_step):
+            print(line)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``drift-suite train`` / ``python -m drift_suite.train``: returns the exit code (2 on user errors)."""
+    quiet_dependencies()
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return run(args)
     except DriftSuiteError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        from .distributed import is_main_process
+
+        if is_main_process():  # every rank hits the same argument error; one line is enough
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_dependencies() -> None:
+    """Silence known dependency noise in ``drift-suite train`` only (narrowly: these messages, nothing else).
+
+    * ``torch.jit.script_method`` deprecation, raised once per scripted method while TRL/transformers import;
+    * transformers' ``is_gradient_checkpointing`` rename, read by TRL / PEFT on every save;
+    * bitsandbytes' probe for an optional CPU kernel package, logged as a warning on every CPU-only import.
+    """
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
+    # transformers 5 renamed the attribute that TRL / PEFT still read, once per save.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("Failed to load CPU gemm_4bit_forward"))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,18 @@ max_new_tokens = 6
 """
 
 
+def run_launcher(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group, so a timeout kills its workers too (they would outlive it)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def outcome_numbers(outcome) -> dict:
     """What a verdict rests on, per step, as JSON: the compared metrics and each check's result."""
     return {
@@ -105,7 +117,7 @@ def test_check_on_two_processes_equals_one_process(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(TESTS / "distributed_cli.py"), "check", str(run), "--baseline-dir", str(tmp_path / "baseline"),
                "--no-cache", "--report", str(tmp_path / "report.html")]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = run_launcher(command, cwd=tmp_path, env=env, timeout=240)
     expected_code = 0 if one.passed else 1
     assert done.returncode == expected_code, done.stderr[-3000:]
     assert done.stdout.count("verdict:") == 1, done.stdout  # the other rank printed nothing

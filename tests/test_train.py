@@ -55,6 +55,10 @@ OTHER_FLAGS = {
     "format_reward": "test_format_reward_adds_the_format_bonus",
     "drift_every": "test_drift_flags_add_the_probe_callback",
     "drift_baseline_dir": "test_drift_flags_add_the_probe_callback",
+    "use_vllm": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
+    "vllm_mode": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
+    "vllm_server_host": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
+    "vllm_server_port": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
 }
 
 
@@ -128,12 +132,60 @@ def test_format_reward_adds_the_format_bonus():
 
 
 def test_drift_flags_add_the_probe_callback():
-    from drift_suite.callbacks import DriftProbeCallback
+    from drift_suite.callbacks import DriftProbeCallback, TrainingLogCallback
 
-    assert train.build_callbacks(parse_args([])) == []
-    (callback,) = train.build_callbacks(parse_args(["--drift_every", "3", "--drift_baseline_dir", "my/baseline"]))
-    assert isinstance(callback, DriftProbeCallback)
+    (log_only,) = train.build_callbacks(parse_args([]))
+    assert isinstance(log_only, TrainingLogCallback) and log_only.path == Path("checkpoints") / train.TRAIN_LOG
+    callback, log = train.build_callbacks(parse_args(["--drift_every", "3", "--drift_baseline_dir", "my/baseline"]))
+    assert isinstance(callback, DriftProbeCallback) and isinstance(log, TrainingLogCallback)  # the log line sees the drift
     assert callback.every == 3 and callback.baseline_dir == Path("my/baseline")
+
+
+def test_training_log_is_one_line_per_log_and_full_in_jsonl(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from drift_suite.callbacks import TrainingLogCallback
+
+    lines: list[str] = []
+    callback, state = TrainingLogCallback(tmp_path / "train_log.jsonl", print_line=lines.append), TrainerState(max_steps=4)
+    callback.on_train_begin(None, state, TrainerControl())
+    logged = [
+        {"loss": 0.0123, "reward": 0.25, "reward_std": 0.1, "completions/mean_length": 31.5, "learning_rate": 1e-5},
+        {"loss": -0.5, "reward": 0.5, "reward_std": 0.0, "drift/projection": -0.0421, "drift/rotation_deg": 2.25},
+        {"train_runtime": 12.4, "train_loss": 0.01},
+    ]
+    for step, logs in zip((2, 4, 4), logged):
+        state.global_step = step
+        callback.on_log(None, state, TrainerControl(), logs=dict(logs))
+    assert lines[0].startswith("step 2/4  reward 0.250  ± 0.100  loss 0.0123  ") and lines[0].endswith(" s/step")
+    assert "completions" not in lines[0] and "learning_rate" not in lines[0]  # in the file, not on the terminal
+    assert lines[1].startswith("step 4/4  reward 0.500  ± 0.000  loss -0.5  drift -0.0421  2.2°")
+    assert lines[2] == "done: 4 steps in 12 s"
+    saved = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert saved == [{"step": s, **logs} for s, logs in zip((2, 4, 4), logged)]
+    # a non-main process neither prints nor writes
+    state.is_world_process_zero = False
+    callback.on_log(None, state, TrainerControl(), logs={"reward": 1.0})
+    assert len(lines) == 3 and len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
+
+
+def test_train_entry_point_silences_known_dependency_noise_only(monkeypatch):
+    import logging
+    import warnings
+
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    monkeypatch.setattr(bnb, "filters", list(bnb.filters))
+    train.quiet_dependencies()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        train.quiet_dependencies()  # catch_warnings reset the filters; install them again inside
+        warnings.warn("`torch.jit.script_method` is deprecated. Please switch to `torch.compile`", DeprecationWarning)
+        warnings.warn("something else is deprecated", DeprecationWarning)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]
+    probe = logging.LogRecord(bnb.name, logging.WARNING, "ops.py", 1, "Failed to load CPU gemm_4bit_forward from kernels-community: %s", ("x",), None)
+    other = logging.LogRecord(bnb.name, logging.WARNING, "ops.py", 1, "a real bitsandbytes problem", (), None)
+    assert not bnb.filter(probe) and bnb.filter(other)
 
 
 def test_dataset_flags_pick_the_problems(tmp_path):
