@@ -1,10 +1,11 @@
 """Run by torchrun in tests/test_distributed.py: ``python -m drift_suite.train`` with every file write
-under the output dir recorded (open for writing, os.replace), per rank, to ``DRIFT_TEST_WRITES``-RANK.json."""
+under the output dir recorded (open / Path.open for writing, os.replace), per rank, to ``DRIFT_TEST_WRITES``-RANK.json."""
 
 from __future__ import annotations
 
 import atexit
 import builtins
+import io
 import json
 import os
 import sys
@@ -39,7 +40,8 @@ def recording_replace(src, dst, *args, **kwargs):
     return real_replace(src, dst, *args, **kwargs)
 
 
-builtins.open, os.replace = recording_open, recording_replace
+builtins.open = io.open = recording_open  # pathlib opens through io.open
+os.replace = recording_replace
 
 
 @atexit.register

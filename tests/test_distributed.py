@@ -134,3 +134,48 @@ def test_check_on_two_processes_equals_one_process(tmp_path):
             np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-6, atol=1e-7, err_msg=f"step {mine['step']} {name}")
     # The planted noise must show, or this test could not tell a wrong gather from a right one.
     assert not np.allclose(reference["steps"][0]["default_mean"], reference["steps"][2]["default_mean"])
+
+
+@pytest.mark.slow  # two processes train the real demo model for 2 steps: minutes on 2 CPU cores
+def test_training_on_two_processes_writes_once_and_probes_once(tmp_path):
+    from drift_suite.callbacks import PROBE_DESIGN, PROBE_SETTINGS, DriftProbeCallback
+    from drift_suite.models import find_run_checkpoints, load_model
+
+    model_dir = os.environ.get("DRIFT_DEMO_MODEL")
+    if not model_dir or not Path(model_dir).is_dir():
+        pytest.skip("needs the demo model: export DRIFT_DEMO_MODEL=DIR (drift-suite demo-model --out DIR)")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "DRIFT_TEST_WRITES": str(tmp_path / "writes"),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(TESTS / "distributed_train.py"), "--model", model_dir, "--output_dir", str(out), "--use_lora",
+               "--dataset", "synthetic", "--max_steps", "2", "--save_steps", "1", "--drift_every", "1",
+               "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_completion_length", "16",
+               "--drift_baseline_dir", str(tmp_path / "no-baseline")]  # fmt: skip
+    done = run_launcher(command, cwd=tmp_path, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+
+    # One writer per file: rank 1 wrote nothing in the run dir, rank 0 wrote the run's own files.
+    writes = {rank: json.loads((tmp_path / f"writes-{rank}.json").read_text()) for rank in (0, 1)}
+    assert writes[1] == [], writes[1]
+    assert {"run_manifest.json", "trainer_state.json", "train_log.jsonl", "final/tokenizer_config.json"} <= set(writes[0])
+    # Printed once: the summary, the probe's announcement, each log line.
+    assert printed.count("check it: drift-suite check") == 1 and printed.count("drift probe: 20 conversations") == 1
+    assert printed.count("step 2/2") == 1
+    assert "torch.jit.script_method" not in printed and "gemm_4bit_forward" not in printed
+
+    # One probe result per step, equal to probing the saved checkpoints in this (one) process.
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = {e["step"]: e["drift/projection"] for e in history if "drift/projection" in e}
+    assert sorted(logged) == [0, 1, 2]
+    probe = DriftProbeCallback(every=1, baseline_dir=None, design=PROBE_DESIGN, settings=PROBE_SETTINGS)
+    base = load_model(model_dir)
+    probe.reference = probe.probe(base.model, base.tokenizer)
+    probe._choose_axis(base.model, probe.reference)
+    from peft import PeftModel
+
+    for step, folder in find_run_checkpoints(out).items():
+        trained = PeftModel.from_pretrained(load_model(model_dir).model, str(folder))  # unmerged, as in training
+        measured = probe.drift_metrics(probe.probe(trained, base.tokenizer))["drift/projection"]
+        assert measured == pytest.approx(logged[step], abs=1e-5), f"step {step}"

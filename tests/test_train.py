@@ -224,15 +224,27 @@ def test_missing_model_dir_is_a_one_line_error(capsys):
 def test_make_trainer_hands_every_piece_to_grpo_trainer(monkeypatch):
     import trl
 
+    from transformers.trainer_callback import PrinterCallback
+
     received = {}
-    monkeypatch.setattr(trl, "GRPOTrainer", lambda **kwargs: received.update(kwargs) or "trainer")
+
+    class FakeTrainer:
+        def __init__(self, **kwargs):
+            received.update(kwargs)
+            self.removed = []
+
+        def remove_callback(self, callback):
+            self.removed.append(callback)
+
+    monkeypatch.setattr(trl, "GRPOTrainer", FakeTrainer)
     args = parse_args(["--use_lora", "--format_reward", "--drift_every", "2", "--num_generations", "2"])
     config, peft_config = build_grpo_config(args), build_peft_config(args)
-    assert train.make_trainer(args, "model", "tokenizer", "dataset", config, peft_config) == "trainer"
+    trainer = train.make_trainer(args, "model", "tokenizer", "dataset", config, peft_config)
+    assert trainer.removed == [PrinterCallback] and config.disable_tqdm  # raw log dicts and bars off
     assert received["model"] == "model" and received["processing_class"] == "tokenizer"
     assert received["train_dataset"] == "dataset" and received["args"] is config and received["peft_config"] is peft_config
     assert [f.__name__ for f in received["reward_funcs"]] == ["correctness_reward", "format_reward"]
-    assert [type(c).__name__ for c in received["callbacks"]] == ["DriftProbeCallback"]
+    assert [type(c).__name__ for c in received["callbacks"]] == ["DriftProbeCallback", "TrainingLogCallback"]
 
 
 # ------------------------------------------------------------------------------------------ errors
