@@ -136,14 +136,23 @@ def on_main_then_share(work: Callable[[], T], after: Callable[[], T]) -> T:
     if not context.distributed:
         return work()
     result: Any = None
-    error = ""
+    failure: Exception | None = None
     if context.is_main:
         try:
             result = work()
-        except DriftSuiteError as exc:
-            error = str(exc)
-    raise_first_error([e.decode() for e in all_gather_bytes(error.encode())])
+        except Exception as exc:  # shared before raising: the other ranks are waiting for word
+            failure = exc
+    errors = [e.decode() for e in all_gather_bytes(_one_line(failure).encode())]
+    if failure is not None:
+        raise failure
+    raise_first_error(errors)
     return result if context.is_main else after()
+
+
+def _one_line(failure: Exception | None) -> str:
+    if failure is None:
+        return ""
+    return (str(failure).splitlines() or [""])[0] or type(failure).__name__
 
 
 def my_share(items: Sequence[T], context: ProcessContext | None = None) -> list[tuple[int, T]]:
@@ -174,20 +183,22 @@ def unpack(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def share_work(items: Sequence[T], work: Callable[[T], bytes]) -> list[bytes]:
     """Run ``work`` on this rank's share of ``items``; every rank gets all results in ``items`` order.
 
-    ``work`` returns a payload (see :func:`pack`; no ``"error"`` field, which marks a failure); a
-    :class:`DriftSuiteError` on any rank is raised on all, after the gathers, so no rank waits forever.
+    ``work`` returns a payload (see :func:`pack`; no ``"error"`` field, which marks a failure). A failure
+    on any rank is shared in the gathers and raised on every rank (the original exception on its own rank),
+    so no rank waits forever for another.
     """
     context = process_context()
     if not context.distributed:
         return [work(item) for item in items]
     mine: dict[int, bytes] = {}
-    error = ""
+    failure: Exception | None = None
     for index, item in my_share(items, context):
         try:
             mine[index] = work(item)
-        except DriftSuiteError as exc:
-            error = str(exc)
+        except Exception as exc:  # shared before raising: the other ranks are waiting for this one
+            failure = exc
             break
+    error = _one_line(failure)
     # One gather per round keeps payloads to one measurement per rank at a time.
     rounds = -(-len(items) // context.world_size)
     results: dict[int, bytes] = {}
@@ -203,6 +214,8 @@ def share_work(items: Sequence[T], work: Callable[[T], bytes]) -> list[bytes]:
                 errors[rank] = errors[rank] or fields["error"]
                 continue
             results[round_index * context.world_size + rank] = data
+    if failure is not None:
+        raise failure
     raise_first_error(errors)
     return [results[i] for i in range(len(items))]
 

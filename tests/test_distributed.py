@@ -14,20 +14,10 @@ import pytest
 import torch
 
 from drift_suite.distributed import ProcessContext, my_share, pack, share_work, unpack
+from test_plugin import FAST_CONFIG  # a design small enough for a tiny model: well under a second per checkpoint
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
-# A design small enough for a tiny model to measure in well under a second per checkpoint.
-PYPROJECT = """
-[tool.drift_suite]
-layers = [1, 2]
-[tool.drift_suite.design]
-default_questions = 3
-role_prompts = 1
-role_questions = 2
-[tool.drift_suite.generation]
-max_new_tokens = 6
-"""
 
 
 def run_launcher(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
@@ -101,13 +91,13 @@ def _run_dir(root: Path) -> tuple[Path, Path]:
     return base, run
 
 
-@pytest.mark.slow  # two fresh Python + torch processes: ~50 s on 2 busy cores
+@pytest.mark.slow  # two launches of two fresh Python + torch processes: ~2 min on 2 busy cores
 def test_check_on_two_processes_equals_one_process(tmp_path):
     from drift_suite.config import load_config
     from drift_suite.runner import DriftCheck
 
     _base, run = _run_dir(tmp_path)
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    (tmp_path / "pyproject.toml").write_text(FAST_CONFIG)
     config = load_config(tmp_path)
     # One process: writes the baseline (of the run's base model) and gives the reference numbers.
     one = DriftCheck(run, tmp_path / "baseline", config=config, cache_dir=None, update_baseline=True, progress=False).run()
@@ -134,6 +124,19 @@ def test_check_on_two_processes_equals_one_process(tmp_path):
             np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-6, atol=1e-7, err_msg=f"step {mine['step']} {name}")
     # The planted noise must show, or this test could not tell a wrong gather from a right one.
     assert not np.allclose(reference["steps"][0]["default_mean"], reference["steps"][2]["default_mean"])
+
+    # The pytest suite under the same launch: the verdict of one process, printed once.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pytest",
+               str(REPO / "suites"), "-c", str(tmp_path / "pyproject.toml"), "--rootdir", str(tmp_path), "-p", "no:cacheprovider",
+               "--checkpoint", str(run), "--baseline-dir", str(tmp_path / "baseline"), "--no-drift-cache",
+               "--drift-report", str(tmp_path / "suite.html")]  # fmt: skip
+    suite = run_launcher(command, cwd=tmp_path, env=env, timeout=240)
+    assert suite.returncode == expected_code, suite.stdout[-3000:]
+    checks = one.gate_checks()
+    failed = len([c for c in checks if not c.passed])
+    assert suite.stdout.count("verdict:") == 1
+    assert f"verdict: {'PASS' if one.passed else 'FAIL'} ({len(checks) - failed}/{len(checks)} checks" in suite.stdout
+    assert suite.stdout.count(" passed") + suite.stdout.count(" failed") <= 2  # one session summary line
 
 
 @pytest.mark.slow  # two processes train the real demo model for 2 steps: minutes on 2 CPU cores
@@ -179,3 +182,47 @@ def test_training_on_two_processes_writes_once_and_probes_once(tmp_path):
         trained = PeftModel.from_pretrained(load_model(model_dir).model, str(folder))  # unmerged, as in training
         measured = probe.drift_metrics(probe.probe(trained, base.tokenizer))["drift/projection"]
         assert measured == pytest.approx(logged[step], abs=1e-5), f"step {step}"
+
+
+RANK_SCRIPT = """
+import sys
+from drift_suite.distributed import pack, share_work, unpack
+from drift_suite.errors import CheckpointError, DriftSuiteError
+
+def work(item):
+    if item == int(sys.argv[1]):
+        raise CheckpointError(f"checkpoint-{item}: truncated")
+    return pack({}, {"item": item})
+
+try:
+    print([unpack(p)[1]["item"] for p in share_work([0, 1, 2], work)])
+except DriftSuiteError as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def _two_ranks(failing_item: int) -> list[str]:
+    """``RANK_SCRIPT`` on two gloo processes (no launcher: the environment torchrun would set)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(failing_item)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                              "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        for rank in range(2)
+    ]  # fmt: skip
+    try:
+        return [p.communicate(timeout=120)[0].strip() for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+@pytest.mark.slow  # four Python processes importing torch: ~10 s quiet, 35 s on 2 busy cores
+def test_two_ranks_get_every_result_in_order_and_share_one_ranks_error():
+    assert _two_ranks(failing_item=-1) == ["[0, 1, 2]", "[0, 1, 2]"]  # rank 0 did 0 and 2, rank 1 did 1
+    # checkpoint 1 is rank 1's: it raises its own error, rank 0 the same message naming rank 1; nobody hangs
+    assert _two_ranks(failing_item=1) == ["DistributedError: rank 1: checkpoint-1: truncated", "CheckpointError: checkpoint-1: truncated"]
