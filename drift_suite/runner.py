@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
 from .compare import Check, Comparison, compare
@@ -35,6 +34,7 @@ from .models import (
     read_model_shape,
 )
 from .personas import PersonaSet, resolve_persona_set
+from .placement import Placement, resolve_placement
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class DriftOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     rewards: dict[int, float] = field(default_factory=dict)
     """``{step: reward}`` as logged by the trainer (run dirs only; every logged step, not just saved ones)."""
+    placement: Placement | None = None
+    """Where and in what precision the checkpoints were measured."""
 
     @property
     def is_run(self) -> bool:
@@ -136,6 +138,7 @@ class DriftCheck:
         self.use_4bit = use_4bit
         self.trust_remote_code = trust_remote_code
         self.progress = progress
+        self.placement = resolve_placement(config.device, config.dtype, config.device_map)
         self._stored_baseline: Baseline | None = None
 
     # -- planning (cheap: no weights) -------------------------------------------------------------------
@@ -192,7 +195,7 @@ class DriftCheck:
         return load_model(
             spec,
             base_model=self.base_model,
-            dtype=getattr(torch, self.config.dtype),
+            placement=self.placement,
             use_4bit=self.use_4bit,
             trust_remote_code=self.trust_remote_code,
         )
@@ -265,7 +268,9 @@ class DriftCheck:
             steps.append(StepResult(step, path, comparison, measurement))
             del loaded
         rewards = read_reward_log(self.checkpoint) if is_run_dir(self.checkpoint) else {}
-        return DriftOutcome(self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards)
+        return DriftOutcome(
+            self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards, self.placement
+        )
 
 
 def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
