@@ -44,7 +44,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"FAIL {check.message()}")
     print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
     if outcome.placement is not None:
-        print(f"measured on: {outcome.placement.describe()}")
+        from .baseline import describe_placement
+
+        print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
     if args.report != "none":
         path = render_report(build_report_data(outcome), Path(args.report))
@@ -74,12 +76,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--dtype``, ``--device-map``: the same options as the pytest plugin's."""
-    parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
-                        help="where to measure (default: [tool.drift_suite] device or auto = the GPU where there is one)")
-    parser.add_argument("--dtype", metavar="auto|float32|bfloat16|float16",
-                        help="precision (default: auto = bfloat16 on a GPU that supports it, else float32); a baseline "
-                             "measured in another dtype is refused, see docs/precision.md")
-    parser.add_argument("--device-map", metavar="auto", help="'auto' shards a model too large for one GPU over all visible GPUs")
+    from .placement import OPTION_HELP
+
+    parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N", help=OPTION_HELP["device"])
+    parser.add_argument("--dtype", metavar="auto|float32|bfloat16|float16", help=OPTION_HELP["dtype"])
+    parser.add_argument("--device-map", metavar="auto", help=OPTION_HELP["device_map"])
 
 
 def build_parser() -> argparse.ArgumentParser:

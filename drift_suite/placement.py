@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import DriftSuiteError
+
+if TYPE_CHECKING:  # torch loads lazily: the plugin and the CLI read OPTION_HELP at start-up
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAP_CHOICES = ("auto",)
+OPTION_HELP = {
+    "device": "where to measure: auto (default: the GPU where there is one), cpu, cuda or cuda:N",
+    "dtype": "precision: auto (default: bfloat16 on a GPU that supports it, else float32), float32, bfloat16 or "
+             "float16; a baseline measured in another dtype is refused (docs/precision.md)",
+    "device_map": "'auto' shards a model too large for one GPU over all visible GPUs",
+}
+"""Help of ``--device``/``--dtype``/``--device-map``, shared by the pytest plugin and the CLI."""
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
 _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
 
@@ -39,7 +47,9 @@ class Placement:
         return self.device.split(":")[0]
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
         return getattr(torch, self.dtype)
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
@@ -55,6 +65,8 @@ class Placement:
 
 
 def _resolve_device(device: str, cuda_available: bool, cuda_count: int) -> str:
+    import torch
+
     spec = (device or "auto").strip().lower()
     if spec == "auto":
         return "cuda:0" if cuda_available else "cpu"
@@ -95,6 +107,8 @@ def resolve_placement(
     ``cuda_available`` overrides detection (tests); a GPU's name and bfloat16 support are then read only
     when torch itself sees CUDA.
     """
+    import torch
+
     real_cuda = torch.cuda.is_available()
     has_cuda = real_cuda if cuda_available is None else cuda_available
     count = torch.cuda.device_count() if real_cuda else (1 if has_cuda else 0)
@@ -113,7 +127,7 @@ def resolve_placement(
     return Placement(resolved_device, resolved_dtype, map_spec, gpu_name)
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: "torch.nn.Module") -> "torch.device":
     """Where a model's inputs go: its input embedding's device (the first shard under ``device_map``)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
@@ -123,6 +137,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose kernels and code shape the activations."""
+    import torch
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}

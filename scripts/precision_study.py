@@ -45,13 +45,33 @@ def summarize(checks: list, family: str) -> dict:
     }
 
 
+def markdown_table(result: dict) -> str:
+    """The docs/precision.md table: per dtype and check family, max and median severity and |Δ|/σ."""
+    lines = [
+        "| dtype | answers ≠ float32 | check family (n) | max severity | median severity | max \\|Δ\\|/σ | median \\|Δ\\|/σ | worst | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype, entry in result["dtypes"].items():
+        differing = entry["answers_differing_from_float32"]
+        for family, row in entry["families"].items():
+            lines.append(
+                f"| {dtype} | {differing}/{entry['n_answers']} | {family} ({row['n']}) | {row['max_severity']:.3g} | "
+                f"{row['median_severity']:.3g} | {row['max_sigmas']:.3g} | {row['median_sigmas']:.3g} | {row['worst_subject']} | {row['failed']} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("DRIFT_DEMO_MODEL", "demo/smollm2-135m-instruct"))
     parser.add_argument("--baseline-dir", default="baselines")
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--out", default="docs/precision-study.json")
+    parser.add_argument("--table", action="store_true", help="only print the markdown table of an existing --out JSON")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return
     config = load_config(Path.cwd())
     result: dict = {
         "what": "demo model measured in each dtype on the CPU against the shipped float32 baseline",

@@ -3,6 +3,7 @@ and the GPU benchmark's code paths on a tiny shape on the CPU."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -138,3 +139,82 @@ def _bench_tokenizer() -> Path:
     if source is None:
         pytest.skip("needs the demo model's tokenizer (DRIFT_DEMO_MODEL)")
     return source
+
+
+# -- baselines across devices and dtypes (docs/precision.md) -----------------------------------------------
+
+POLICY_DESIGN_KW = dict(default_questions=3, role_prompts=1, role_questions=2)
+
+
+@pytest.fixture()
+def fp32_baseline_dir(tiny_checkpoint, tiny_personas, tmp_path):
+    """A tiny baseline written by the runner in float32 on the CPU."""
+    from dataclasses import replace
+
+    from drift_suite.config import DriftConfig
+    from drift_suite.conversations import Design
+    from drift_suite.extract import GenerationSettings
+    from drift_suite.runner import DriftCheck
+
+    config = replace(DriftConfig(), design=Design(**POLICY_DESIGN_KW), generation=GenerationSettings(max_new_tokens=6),
+                     layers=(1, 2), n_boot=20, device="cpu", dtype="float32")
+    DriftCheck(tiny_checkpoint, tmp_path / "b", persona_set=tiny_personas, config=config, cache_dir=None,
+               update_baseline=True, progress=False).write_baseline()
+    return tmp_path / "b", config
+
+
+def test_manifest_records_device_dtype_and_versions(fp32_baseline_dir):
+    import json
+
+    from drift_suite.baseline import load_baseline, measured_placement
+
+    folder, _ = fp32_baseline_dir
+    manifest = json.loads((folder / "manifest.json").read_text())
+    model = load_baseline(folder).manifest["model"]
+    assert model == manifest["model"]
+    assert (model["device_type"], model["dtype"], model["gpu_name"]) == ("cpu", "float32", None)
+    assert model["versions"]["torch"] == torch.__version__ and manifest["versions"]["torch"] == torch.__version__
+    assert measured_placement(model) == ("cpu", "float32")
+
+
+def test_old_manifests_read_as_cpu_float32():
+    from drift_suite.baseline import check_placement, measured_placement
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "baselines" / "manifest.json").read_text())["model"]
+    assert "device_type" not in shipped
+    assert measured_placement(shipped) == ("cpu", "float32") == measured_placement({})
+    check_placement(shipped, {"device_type": "cpu", "dtype": "float32"})
+    with pytest.raises(DriftSuiteError, match=r"baseline measured in float32 on cpu, this run is bfloat16 on cuda \(NVIDIA H200\): pass --dtype float32"):
+        check_placement(shipped, {"device_type": "cuda", "dtype": "bfloat16", "gpu_name": "NVIDIA H200"})
+
+
+def test_a_bfloat16_run_against_a_float32_baseline_is_refused(fp32_baseline_dir, tiny_checkpoint, tiny_personas):
+    """End to end: the refusal comes before any measurement, one line naming both fixes."""
+    from dataclasses import replace
+
+    from drift_suite.errors import BaselineError
+    from drift_suite.runner import DriftCheck
+
+    folder, config = fp32_baseline_dir
+    check = DriftCheck(tiny_checkpoint, folder, persona_set=tiny_personas, config=replace(config, dtype="bfloat16"),
+                       cache_dir=None, progress=False)
+    with pytest.raises(BaselineError) as info:
+        check.run()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pass --dtype float32" in message and "--update-baselines --dtype bfloat16" in message
+    same = DriftCheck(tiny_checkpoint, folder, persona_set=tiny_personas, config=config, cache_dir=None, progress=False).run()
+    assert same.passed and same.placement == Placement("cpu", "float32")
+
+
+def test_float32_crosses_devices_and_reduced_precision_does_not():
+    from drift_suite.baseline import check_placement
+
+    cpu32 = {"device_type": "cpu", "dtype": "float32"}
+    h200 = {"device_type": "cuda", "gpu_name": "NVIDIA H200"}
+    check_placement(cpu32, {**h200, "dtype": "float32"})
+    check_placement({**h200, "dtype": "bfloat16"}, {**h200, "dtype": "bfloat16"})
+    with pytest.raises(DriftSuiteError, match="pass --device cpu"):
+        check_placement({"device_type": "cpu", "dtype": "bfloat16"}, {**h200, "dtype": "bfloat16"})
+    with pytest.raises(DriftSuiteError, match="run on a NVIDIA A100"):
+        check_placement({"device_type": "cuda", "gpu_name": "NVIDIA A100", "dtype": "float16"}, {**h200, "dtype": "float16"})

@@ -55,6 +55,8 @@ OTHER_FLAGS = {
     "format_reward": "test_format_reward_adds_the_format_bonus",
     "drift_every": "test_drift_flags_add_the_probe_callback",
     "drift_baseline_dir": "test_drift_flags_add_the_probe_callback",
+    "device": "test_device_and_dtype_flags_pick_the_precision",
+    "dtype": "test_device_and_dtype_flags_pick_the_precision",
 }
 
 
@@ -153,6 +155,18 @@ def test_missing_dataset_file_is_a_one_line_error(tiny_checkpoint, capsys):
     assert main(["--dataset", "nowhere.jsonl", "--model", str(tiny_checkpoint)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere.jsonl" in err
+
+
+def test_device_and_dtype_flags_pick_the_precision(tiny_checkpoint):
+    from drift_suite.errors import DriftSuiteError
+
+    model, _ = train.load_training_model(parse_args(["--model", str(tiny_checkpoint), "--dtype", "bfloat16"]))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    config = build_grpo_config(TrainArgs(device="cpu", dtype="float32"))
+    assert config.use_cpu and not config.bf16 and not config.fp16
+    if not torch.cuda.is_available():
+        with pytest.raises(DriftSuiteError, match="^--device cuda"):
+            build_grpo_config(TrainArgs(device="cuda"))
 
 
 def test_model_flag_picks_the_weights_trained(tiny_checkpoint, tmp_path):
