@@ -218,3 +218,14 @@ def test_float32_crosses_devices_and_reduced_precision_does_not():
         check_placement({"device_type": "cpu", "dtype": "bfloat16"}, {**h200, "dtype": "bfloat16"})
     with pytest.raises(DriftSuiteError, match="run on a NVIDIA A100"):
         check_placement({"device_type": "cuda", "gpu_name": "NVIDIA A100", "dtype": "float16"}, {**h200, "dtype": "float16"})
+
+
+def test_cached_measurements_are_not_shared_across_devices(tiny_personas):
+    from drift_suite.conversations import Design
+    from drift_suite.extract import GenerationSettings
+    from drift_suite.measure import measurement_key
+
+    args = ("digest", tiny_personas, Design(), GenerationSettings(), "bfloat16")
+    assert measurement_key(*args) == measurement_key(*args, device="cpu")
+    assert measurement_key(*args, device="cuda NVIDIA H200") != measurement_key(*args)
+    assert measurement_key(*args, device="cuda NVIDIA H200") != measurement_key(*args, device="cuda NVIDIA A100")
