@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
+from .baseline import (
+    Baseline, baseline_write_lock, check_compatible, check_placement, create_baseline, describe_changes, load_baseline, save_baseline,
+)
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
 from .errors import BaselineError, CheckpointError
@@ -168,7 +170,13 @@ class DriftCheck:
         if self.update_baseline:
             self.reference_model()
         else:
-            self.stored_baseline()
+            self.check_placement_early(self.stored_baseline())
+
+    def check_placement_early(self, baseline: Baseline) -> None:
+        """Refuse a baseline of another precision before any weights load (check_compatible repeats it after)."""
+        if not self.use_4bit:
+            planned = {"device_type": self.placement.device_type, "dtype": self.placement.dtype, "gpu_name": self.placement.gpu_name}
+            check_placement(baseline.manifest["model"], planned)
 
     def stored_baseline(self) -> Baseline:
         """The baseline on disk, read once (planning, validation and the run share it)."""
@@ -251,6 +259,7 @@ class DriftCheck:
             timings["baseline_s"] = time.perf_counter() - start
         else:
             baseline = self.stored_baseline()
+            self.check_placement_early(baseline)
         steps = []
         for step, path in self.targets():
             start = time.perf_counter()

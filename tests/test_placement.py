@@ -198,6 +198,8 @@ def test_a_bfloat16_run_against_a_float32_baseline_is_refused(fp32_baseline_dir,
     folder, config = fp32_baseline_dir
     check = DriftCheck(tiny_checkpoint, folder, persona_set=tiny_personas, config=replace(config, dtype="bfloat16"),
                        cache_dir=None, progress=False)
+    with pytest.raises(BaselineError, match="pass --dtype float32"):
+        check.validate()  # what the plugin runs at collection, before any weights load
     with pytest.raises(BaselineError) as info:
         check.run()
     message = str(info.value)
