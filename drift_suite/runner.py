@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from .baseline import (
-    Baseline, baseline_write_lock, check_compatible, check_placement, create_baseline, describe_changes, load_baseline, save_baseline,
+    Baseline,
+    baseline_write_lock,
+    check_compatible,
+    check_placement,
+    create_baseline,
+    describe_changes,
+    load_baseline,
+    save_baseline,
 )
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers

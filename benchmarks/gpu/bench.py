@@ -18,7 +18,7 @@ import torch
 from benchmarks.gpu.shapes import SHAPES, card_spec, make_model, physical_limit
 from benchmarks.workloads import BENCH_DESIGN, encode, two_pass_reference
 from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.extract import Extraction, GenerationSettings, _batches, generate_and_capture
+from drift_suite.extract import Extraction, GenerationSettings, generate_and_capture, plan_batches
 from drift_suite.personas import PersonaSet, builtin_persona_set
 
 SETTINGS = GenerationSettings(max_new_tokens=48)
@@ -72,7 +72,7 @@ def kv_cache_bytes(model: torch.nn.Module, encoded: Sequence[Sequence[int]], set
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     element = next(model.parameters()).element_size()
     largest = 0
-    for batch in _batches(list(encoded), settings):
+    for batch in plan_batches(list(encoded), settings):
         tokens = len(batch) * (max(len(encoded[i]) for i in batch) + settings.max_new_tokens + 1)
         largest = max(largest, 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens * element)
     return largest

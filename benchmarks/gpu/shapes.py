@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.workloads import REPO, linear_weights, workload_flops
-from drift_suite.extract import GenerationSettings, _batches
+from drift_suite.extract import GenerationSettings, plan_batches
 
 SHAPES: dict[str, dict[str, Any]] = {
     # A few-layer model of the demo's width family: the CPU smoke run of every code path, in seconds.
@@ -139,7 +139,7 @@ def physical_limit(
     element_bytes = next(model.parameters()).element_size()
     weight_bytes = linear_weights(model) * element_bytes
     flops = workload_flops(model, [len(e) for e in encoded], [settings.max_new_tokens] * len(encoded))
-    batches = list(_batches(list(encoded), settings))
+    batches = list(plan_batches(list(encoded), settings))
     steps = len(batches) * (settings.max_new_tokens + 1)
     out: dict[str, Any] = {
         "weight_gb_read_per_step": round(weight_bytes / 1e9, 3),
