@@ -23,3 +23,17 @@ def demo_model_dir() -> Path:
         return ensure_demo_model(Path(__file__).parent / "demo" / "smollm2-135m-instruct")
     except CheckpointError as exc:
         pytest.skip(str(exc))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu``-marked tests skip cleanly without CUDA (``DRIFT_GPU_BENCH_DEVICE=cpu`` runs them on the CPU)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() or os.environ.get("DRIFT_GPU_BENCH_DEVICE") == "cpu":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none available here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

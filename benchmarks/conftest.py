@@ -71,9 +71,10 @@ def loaded(demo_model_dir: Path, bench_environment: dict[str, Any]):
     """The demo model in fp32, loaded once and warmed up (first-call costs are not benchmarked)."""
     from drift_suite.extract import GenerationSettings, generate_and_capture
     from drift_suite.models import load_model
+    from drift_suite.placement import resolve_placement
 
     start = time.perf_counter()
-    lm = load_model(demo_model_dir, dtype=torch.float32)
+    lm = load_model(demo_model_dir, placement=resolve_placement("cpu", "float32"))
     RESULTS.setdefault("workload", {})["model_load_s"] = round(time.perf_counter() - start, 2)
     generate_and_capture(lm.model, lm.tokenizer, benchmark_prompts(lm.tokenizer, 2), GenerationSettings(max_new_tokens=4), progress=False)
     return lm

@@ -34,6 +34,7 @@ from drift_suite.extract import (
 )
 from drift_suite.models import decoder_layers
 from drift_suite.personas import builtin_persona_set
+from drift_suite.placement import model_device
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DESIGN = Design(default_questions=16, role_prompts=1, role_questions=4)
@@ -128,9 +129,10 @@ def generate_batch(
     eos = _eos_ids(model, tokenizer)
     pad_id = _pad_id(model, tokenizer)
     ids, mask = left_pad(rows, pad_id)
+    device = model_device(model)  # the GPU benchmark runs these on CUDA
     generated = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
         max_new_tokens=steps or settings.max_new_tokens,
         do_sample=False,
         temperature=None,
@@ -220,7 +222,8 @@ def reforward_means(
 
     handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
     try:
-        output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+        device = model_device(model)
+        output = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
     finally:
         for handle in handles:
             handle.remove()
@@ -231,7 +234,7 @@ def reforward_means(
     for row, i in enumerate(batch):
         n = len(answers[i])
         if n:
-            result.means[i] = activations[:, row, tokens - n :].float().mean(dim=1).numpy()
+            result.means[i] = activations[:, row, tokens - n :].float().mean(dim=1).cpu().numpy()
         result.token_counts[i] = n
 
 

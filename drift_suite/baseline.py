@@ -68,10 +68,15 @@ class Baseline:
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import transformers
+    from .placement import library_versions
 
-    return {"drift_suite": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"drift_suite": __version__, **library_versions()}
+
+
+def measured_placement(model: dict[str, Any]) -> tuple[str, str]:
+    """``(device_type, dtype)`` a baseline or measurement was made on; manifests before 0.3 recorded neither
+    device nor (sometimes) dtype, and were all measured in float32 on the CPU."""
+    return str(model.get("device_type") or "cpu"), str(model.get("dtype") or "float32")
 
 
 def create_baseline(
@@ -261,6 +266,43 @@ def load_baseline(directory: str | Path, checkpoint_hint: str = "<reference mode
     return baseline
 
 
+def describe_placement(model: dict[str, Any]) -> str:
+    """``"cuda (NVIDIA H200), bfloat16"``: where and in what precision a baseline or a run was measured."""
+    device, dtype = measured_placement(model)
+    gpu = f" ({model['gpu_name']})" if model.get("gpu_name") else ""
+    return f"{device}{gpu}, {dtype}"
+
+
+def _where(model: dict[str, Any]) -> str:
+    return describe_placement(model).rsplit(", ", 1)[0]
+
+
+def check_placement(baseline_model: dict[str, Any], run_model: dict[str, Any]) -> None:
+    """Refuse a comparison whose precision differs from the baseline's (docs/precision.md has the measurement).
+
+    Reduced precision moves the activations by a sizeable part of the noise floor (bfloat16 against the
+    float32 baseline on the demo model: docs/precision.md), so a baseline is only compared with a run in
+    the same dtype, and in bfloat16/float16 on the same kind of device (another kernel rounds differently).
+    float32 agrees across devices (to 1e-4, benchmarks/gpu), so a CPU float32 baseline serves a GPU float32 run.
+    """
+    base_device, base_dtype = measured_placement(baseline_model)
+    run_device, run_dtype = measured_placement(run_model)
+    made = f"baseline measured in {base_dtype} on {_where(baseline_model)}"
+    here = f"this run is {run_dtype} on {_where(run_model)}"
+    if base_dtype != run_dtype:
+        raise BaselineError(
+            f"{made}, {here}: pass --dtype {base_dtype}, or refresh the baseline with --update-baselines --dtype {run_dtype} "
+            "(see docs/precision.md)"
+        )
+    same_kind = (base_device, baseline_model.get("gpu_name")) == (run_device, run_model.get("gpu_name"))
+    if run_dtype != "float32" and not same_kind:
+        fix = f"pass --device {base_device}" if base_device != run_device else f"run on a {baseline_model.get('gpu_name')}"
+        raise BaselineError(
+            f"{made}, {here}: {run_dtype} rounds differently on another device; {fix}, or refresh the baseline here "
+            f"with --update-baselines --dtype {run_dtype}, or use --dtype float32 on both (see docs/precision.md)"
+        )
+
+
 def check_compatible(
     baseline: Baseline,
     model_info: dict[str, Any],
@@ -289,6 +331,7 @@ def check_compatible(
             f"baseline was made for {made_for}, and this checkpoint is not a fine-tune of it "
             f"(embedding fingerprint cosine {cosine:.2f} < {FINGERPRINT_MIN_COSINE}): use its own --baseline-dir"
         )
+    check_placement(base_model, model_info)
     stored = baseline.manifest["persona_set"]
     if stored["persona_hash"] != persona_set.persona_hash() or stored["question_hash"] != persona_set.question_hash():
         raise BaselineError(

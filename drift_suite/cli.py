@@ -23,7 +23,9 @@ def _check(args: argparse.Namespace) -> int:
     from .report_data import build_report_data
     from .runner import DriftCheck
 
-    config = config_from_options(Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough)
+    config = config_from_options(
+        Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough, args.device, args.dtype, args.device_map
+    )
     outcome = DriftCheck(
         checkpoint=args.checkpoint,
         baseline_dir=args.baseline_dir,
@@ -46,6 +48,10 @@ def _check(args: argparse.Namespace) -> int:
     for check in failed:
         print(f"FAIL {check.message()}")
     print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
+    if outcome.placement is not None:
+        from .baseline import describe_placement
+
+        print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
     if args.report != "none":
         path = render_report(build_report_data(outcome), Path(args.report))
@@ -73,6 +79,15 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--device-map``: the same options as the pytest plugin's."""
+    from .placement import OPTION_HELP
+
+    parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N", help=OPTION_HELP["device"])
+    parser.add_argument("--dtype", metavar="auto|float32|bfloat16|float16", help=OPTION_HELP["dtype"])
+    parser.add_argument("--device-map", metavar="auto", help=OPTION_HELP["device_map"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drift-suite",
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")
     check.add_argument("--cache-dir", default=".drift_cache", help="measurement cache (default: .drift_cache)")
     check.add_argument("--no-cache", action="store_true", help="measure again even when cached")
+    add_placement_arguments(check)
     check.add_argument("--use-4bit", action="store_true", help="load in 4-bit (needs CUDA)")
     check.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code")
     check.set_defaults(func=_check)
@@ -109,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo", help="where the demo model and the run go (default: demo)")
     demo.add_argument("--steps", type=int, default=12, help="GRPO steps (default 12)")
     demo.add_argument("--dataset", default="synthetic", help="synthetic (default), a GSM8K .jsonl, or a hub id")
+    add_placement_arguments(demo)
     demo.set_defaults(func=_demo)
     return parser
 

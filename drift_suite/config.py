@@ -42,7 +42,12 @@ class DriftConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     persona_set: str = "builtin"
     n_boot: int = 200
-    dtype: str = "float32"
+    device: str = "auto"
+    """``auto`` (the GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; see :mod:`drift_suite.placement`."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 on a GPU that supports it, else float32), ``float32``, ``bfloat16`` or ``float16``."""
+    device_map: str | None = None
+    """``"auto"`` shards a model too large for one GPU over all visible GPUs."""
 
 
 def resolve_layers(spec: str | tuple[int, ...] | list[int], num_layers: int) -> list[int]:
@@ -113,9 +118,15 @@ def config_from_options(
     k_sigma: float | None = None,
     max_batch_tokens: int | None = None,
     thorough: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
 ) -> DriftConfig:
     """The config for command-line options (pytest's or the CLI's) over ``pyproject.toml`` and defaults."""
     overrides: dict[str, Any] = {}
+    for name, value in (("device", device), ("dtype", dtype), ("device_map", device_map)):
+        if value:
+            overrides[name] = value
     if layers:
         overrides["layers"] = layers
     if k_sigma:

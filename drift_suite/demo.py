@@ -18,6 +18,7 @@ from pathlib import Path
 from .models import write_demo_model
 
 DEMO_BASELINE = "baselines"
+SHIPPED_BASELINE_DTYPE = "float32"
 
 
 def _pytest(args: list[str]) -> int:
@@ -31,6 +32,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from .train import main as train_main
 
     started = time.perf_counter()
+    # The shipped baseline was measured in float32, so the demo measures in float32 unless told otherwise
+    # (on a GPU the default would be bfloat16, which that baseline refuses: docs/precision.md).
+    placement_args = ["--dtype", getattr(args, "dtype", None) or SHIPPED_BASELINE_DTYPE] + [
+        arg for name in ("device", "device_map") if getattr(args, name, None)
+        for arg in (f"--{name.replace('_', '-')}", getattr(args, name))
+    ]
     workdir = Path(args.workdir)
     model_dir = workdir / "smollm2-135m-instruct"
     run_dir = workdir / "grpo-run"
@@ -38,7 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
     write_demo_model(model_dir)
 
     print("[2/4] drift suite on the untouched model against the shipped baseline", flush=True)
-    code = _pytest(["--checkpoint", str(model_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(Path("reports") / "demo-base.html")])
+    code = _pytest(["--checkpoint", str(model_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(Path("reports") / "demo-base.html"), *placement_args])
     if code not in (0, 1):
         return code
 
@@ -53,6 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
             # A 135M model rarely solves a problem in 96 tokens, so correctness alone gives GRPO almost no
             # signal; the small format reward and a high LoRA learning rate make 12 CPU steps move it.
             "--format_reward", "--learning_rate", "5e-4", "--lora_r", "16", "--lora_alpha", "32", "--seed", "0",
+            *[arg for name in ("device", "dtype") if getattr(args, name, None) for arg in (f"--{name}", getattr(args, name))],
         ]
     )
     if train_code != 0:
@@ -60,7 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     print("[4/4] drift suite on every checkpoint of the run", flush=True)
     report = Path("reports") / "demo-report.html"
-    code = _pytest(["--checkpoint", str(run_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(report)])
+    code = _pytest(["--checkpoint", str(run_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(report), *placement_args])
     minutes = (time.perf_counter() - started) / 60
     print(f"\ndemo finished in {minutes:.1f} min; verdict exit code {code} (0 = within thresholds, 1 = drift)")
     print(f"report: {report.resolve().as_uri()}")

@@ -65,18 +65,21 @@ class Measurement:
         return out
 
 
-def measurement_key(digest: str, persona_set: PersonaSet, design: Design, settings: GenerationSettings, dtype: str) -> str:
-    return cache.cache_key(
-        {
-            "weights": digest,
-            "personas": persona_set.persona_hash(),
-            "questions": persona_set.question_hash(),
-            "design": design.to_dict(),
-            "generation": settings.key_dict(),
-            "dtype": dtype,
-            "version": __version__,
-        }
-    )
+def measurement_key(
+    digest: str, persona_set: PersonaSet, design: Design, settings: GenerationSettings, dtype: str, device: str = "cpu"
+) -> str:
+    fields = {
+        "weights": digest,
+        "personas": persona_set.persona_hash(),
+        "questions": persona_set.question_hash(),
+        "design": design.to_dict(),
+        "generation": settings.key_dict(),
+        "dtype": dtype,
+        "version": __version__,
+    }
+    if device != "cpu":  # another device's kernels round differently; CPU keys stay as they were
+        fields["device"] = device
+    return cache.cache_key(fields)
 
 
 def measure(
@@ -95,7 +98,9 @@ def measure(
     digest = weights_digest(loaded.model)
     timings["hash_weights_s"] = time.perf_counter() - start
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    key = measurement_key(digest, persona_set, design, settings, dtype)
+    info = loaded.info
+    device = "cpu" if info.device_type == "cpu" else f"{info.device_type} {info.gpu_name}"
+    key = measurement_key(digest, persona_set, design, settings, dtype, device)
     common = dict(
         roles=persona_set.role_names,
         labels=labels,

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .placement import Placement, library_versions, model_device, resolve_placement
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class ModelInfo:
     dtype: str
     adapter: str | None = None
     """The adapter dir when a LoRA adapter was merged into ``model_id``."""
+    device_type: str = "cpu"
+    """``"cpu"`` or ``"cuda"``: where it was measured (baselines made before 0.3 recorded none: the CPU)."""
+    gpu_name: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    """torch, transformers, peft (and CUDA) versions: their kernels shape the activations."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,18 +187,24 @@ def _has_tokenizer(path: Path) -> bool:
 def load_model(
     spec: str | Path,
     base_model: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    placement: Placement | None = None,
     use_4bit: bool = False,
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint for measurement, in eval mode.
+    """Load a checkpoint for measurement, in eval mode, on ``placement`` (default: :func:`resolve_placement`'s auto).
 
     ``spec`` is a full checkpoint dir, a PEFT adapter dir (merged into its base, which is ``base_model`` or
     the adapter's ``base_model_name_or_path``), or a hub id (needs a network).
     """
     spec = str(spec)
+    placement = placement or resolve_placement()
     quant_kwargs = quantization_kwargs(use_4bit)
+    if not quant_kwargs and placement.device_map:
+        quant_kwargs = placement.from_pretrained_kwargs()
+    elif not quant_kwargs and placement.device_type != "cpu":
+        # Straight onto the GPU: a 9B checkpoint never needs its 37 GB of float32 in host RAM.
+        quant_kwargs = {"device_map": {"": placement.device}}
     path = Path(spec).expanduser()
     adapter_dir: Path | None = None
     if looks_like_path(spec) or path.exists():
@@ -216,7 +228,7 @@ def load_model(
             source = str(path)
     else:
         source = spec
-    model = from_pretrained_checked(source, dtype, trust_remote_code, revision, **quant_kwargs)
+    model = from_pretrained_checked(source, placement.torch_dtype, trust_remote_code, revision, **quant_kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -228,6 +240,7 @@ def load_model(
     tokenizer_source = str(adapter_dir) if adapter_dir is not None and _has_tokenizer(adapter_dir) else source
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code, revision)
     config = model.config
+    device = model_device(model)
     info = ModelInfo(
         model_id=source,
         revision=getattr(model.config, "_commit_hash", None) or None,  # the hub commit; None for local dirs
@@ -235,8 +248,11 @@ def load_model(
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype="nf4" if use_4bit else placement.dtype,
         adapter=str(adapter_dir) if adapter_dir else None,
+        device_type=device.type,
+        gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        versions=library_versions(),
     )
     return LoadedModel(model, tokenizer, info)
 

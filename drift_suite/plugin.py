@@ -52,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
                     help="cache of measurements keyed by weights + settings (default: .drift_cache)")
     group.addoption("--no-drift-cache", action="store_true", help="measure again even when cached")
+    from .placement import OPTION_HELP
+
+    group.addoption("--device", metavar="auto|cpu|cuda|cuda:N", help=OPTION_HELP["device"])
+    group.addoption("--dtype", metavar="auto|float32|bfloat16|float16", help=OPTION_HELP["dtype"])
+    group.addoption("--device-map", metavar="auto", help=OPTION_HELP["device_map"])
     group.addoption("--use-4bit", action="store_true", help="load in 4-bit with bitsandbytes (needs CUDA)")
     group.addoption("--trust-remote-code", action="store_true", help="allow the model repo's own Python code (off by default)")
 
@@ -101,6 +106,9 @@ class DriftSession:
                 k_sigma=option("drift_k_sigma"),
                 max_batch_tokens=option("max_batch_tokens"),
                 thorough=option("thorough"),
+                device=option("device"),
+                dtype=option("dtype"),
+                device_map=option("device_map"),
             )
             self._check = DriftCheck(
                 checkpoint=checkpoint,
@@ -228,6 +236,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     total = len(outcome.gate_checks())
     verdict = "PASS" if not failed else "FAIL"
     write(f"verdict: {verdict} ({total - len(failed)}/{total} checks within tolerance) for {outcome.checkpoint}")
+    if outcome.placement is not None:
+        from .baseline import describe_placement
+
+        write(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     for check in failed[:5]:
         write(f"  {check.message()}", red=True)
     if len(failed) > 5:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .baseline import update_command
+from .baseline import describe_placement, update_command
 from .runner import DriftOutcome, trajectory
 
 
@@ -52,6 +52,10 @@ def build_report_data(outcome: DriftOutcome) -> dict[str, Any]:
         "thresholds": outcome.config.thresholds.__dict__,
         "timings": outcome.timings,
         "versions": baseline.manifest.get("versions", {}),
+        "placement": {
+            "run": describe_placement(outcome.final.measurement.model_info),
+            "baseline": describe_placement(baseline.manifest["model"]),
+        },
         "layers": {"all": list(range(baseline.num_layers)), "asserted": asserted, "target": target_layer(asserted)},
         "checks": [check.to_dict() | {"message": check.message()} for check in gate],
         "projection": {

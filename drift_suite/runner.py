@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .baseline import Baseline, baseline_write_lock, check_compatible, create_baseline, describe_changes, load_baseline, save_baseline
+from .baseline import (
+    Baseline,
+    baseline_write_lock,
+    check_compatible,
+    check_placement,
+    create_baseline,
+    describe_changes,
+    load_baseline,
+    save_baseline,
+)
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
 from .distributed import measure_across_processes, on_main_then_share, process_context, rank_device
@@ -36,6 +44,7 @@ from .models import (
     read_model_shape,
 )
 from .personas import PersonaSet, resolve_persona_set
+from .placement import Placement, resolve_placement
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,8 @@ class DriftOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     rewards: dict[int, float] = field(default_factory=dict)
     """``{step: reward}`` as logged by the trainer (run dirs only; every logged step, not just saved ones)."""
+    placement: Placement | None = None
+    """Where and in what precision the checkpoints were measured."""
 
     @property
     def is_run(self) -> bool:
@@ -137,6 +148,7 @@ class DriftCheck:
         self.use_4bit = use_4bit
         self.trust_remote_code = trust_remote_code
         self.progress = progress
+        self.placement = resolve_placement(config.device, config.dtype, config.device_map)
         self._stored_baseline: Baseline | None = None
 
     # -- planning (cheap: no weights) -------------------------------------------------------------------
@@ -166,7 +178,13 @@ class DriftCheck:
         if self.update_baseline:
             self.reference_model()
         else:
-            self.stored_baseline()
+            self.check_placement_early(self.stored_baseline())
+
+    def check_placement_early(self, baseline: Baseline) -> None:
+        """Refuse a baseline of another precision before any weights load (check_compatible repeats it after)."""
+        if not self.use_4bit:
+            planned = {"device_type": self.placement.device_type, "dtype": self.placement.dtype, "gpu_name": self.placement.gpu_name}
+            check_placement(baseline.manifest["model"], planned)
 
     def stored_baseline(self) -> Baseline:
         """The baseline on disk, read once (planning, validation and the run share it)."""
@@ -193,7 +211,7 @@ class DriftCheck:
         return load_model(
             spec,
             base_model=self.base_model,
-            dtype=getattr(torch, self.config.dtype),
+            placement=self.placement,
             use_4bit=self.use_4bit,
             trust_remote_code=self.trust_remote_code,
         )
@@ -270,6 +288,7 @@ class DriftCheck:
             timings["baseline_s"] = time.perf_counter() - start
         else:
             baseline = self.stored_baseline()
+            self.check_placement_early(baseline)
         steps = []
         targets = self.targets()
         if process_context().distributed:  # torchrun / accelerate launch: each rank measures its share
@@ -284,7 +303,9 @@ class DriftCheck:
             timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
             steps.append(StepResult(step, path, comparison, measurement))
         rewards = read_reward_log(self.checkpoint) if is_run_dir(self.checkpoint) else {}
-        return DriftOutcome(self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards)
+        return DriftOutcome(
+            self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards, self.placement
+        )
 
 
 def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:

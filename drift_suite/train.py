@@ -82,6 +82,8 @@ class TrainArgs:
     vllm_mode: str = "colocate"
     vllm_server_host: str = "0.0.0.0"
     vllm_server_port: int = 8000
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 _HELP: dict[str, str] = {
@@ -119,6 +121,8 @@ _HELP: dict[str, str] = {
     "`trl vllm-serve` process)",
     "vllm_server_host": "with --vllm_mode server: host of the `trl vllm-serve` server",
     "vllm_server_port": "with --vllm_mode server: port of the `trl vllm-serve` server",
+    "device": "auto (the GPU where there is one), cpu or cuda; the drift probe measures where the model trains",
+    "dtype": "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16 or float16",
 }
 VLLM_MODES = ("colocate", "server")
 
@@ -157,6 +161,12 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _placement(args: TrainArgs):
+    from .placement import resolve_placement
+
+    return resolve_placement(args.device, args.dtype)
 
 
 def check_args(args: TrainArgs) -> None:
@@ -217,14 +227,14 @@ def _resume_value(args: TrainArgs) -> str | None:
 
 
 def build_grpo_config(args: TrainArgs) -> GRPOConfig:
-    """The TRL trainer config of ``args``: precision and device follow the hardware."""
-    import torch
+    """The TRL trainer config of ``args``: precision and device from ``--device``/``--dtype`` (auto: the hardware)."""
     from trl import GRPOConfig
 
     check_args(args)
-    cuda = _cuda()
-    # TRL's bf16 default breaks training on CPUs; fp32 is the safe choice there.
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    placement = _placement(args)
+    cuda = placement.device_type == "cuda"
+    # TRL's bf16 default breaks training on CPUs; the placement says float32 there.
+    bf16 = placement.dtype == "bfloat16"
     overrides: dict[str, Any] = {} if args.temperature is None else {"temperature": args.temperature}
     # Recomputing activations trades compute for memory, the wrong trade on a CPU with plenty of RAM.
     # transformers 5 renamed the option (the old name still works, with a FutureWarning).
@@ -248,7 +258,7 @@ def build_grpo_config(args: TrainArgs) -> GRPOConfig:
         resume_from_checkpoint=_resume_value(args),
         logging_steps=args.logging_steps,
         bf16=bf16,
-        fp16=False,
+        fp16=placement.dtype == "float16",
         use_cpu=not cuda,
         report_to="none",
         use_vllm=args.use_vllm,
@@ -331,15 +341,13 @@ def check_model_spec(args: TrainArgs) -> str:
 def load_training_model(args: TrainArgs) -> tuple[Any, Any]:
     """``(model, tokenizer)`` to train, with the loading safety of :func:`drift_suite.models.load_model`.
 
-    Safetensors weights only and no remote code; float32 on CPU (bf16 where CUDA supports it).
+    Safetensors weights only and no remote code; the dtype of ``--dtype`` (auto: float32 on CPU, bf16 where
+    CUDA supports it).
     """
-    import torch
-
     from .models import quantization_kwargs, from_pretrained_checked, load_tokenizer
 
     source = check_model_spec(args)
-    cuda = _cuda()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = _placement(args).torch_dtype
     model = from_pretrained_checked(source, dtype, trust_remote_code=False, revision=None, **quantization_kwargs(args.use_4bit))
     tokenizer = load_tokenizer(source, trust_remote_code=False, revision=None)
     # Rollouts are generated as a left-padded batch; the prompt must end where the completion starts.

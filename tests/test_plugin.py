@@ -53,7 +53,7 @@ def test_update_then_pass_then_fail_on_damage(suite, tiny_checkpoint, tmp_path):
     baseline_dir = tmp_path / "baseline"
     first = run(suite, "--checkpoint", str(tiny_checkpoint), "--update-baselines", "--baseline-dir", str(baseline_dir))
     first.assert_outcomes(passed=2 * 2 + 25)
-    first.stdout.fnmatch_lines(["*baseline: new baseline*", "*verdict: PASS*", "*report: file://*report.html"])
+    first.stdout.fnmatch_lines(["*baseline: new baseline*", "*verdict: PASS*", "*measured on: *; baseline: *", "*report: file://*report.html"])
     manifest = json.loads((baseline_dir / "manifest.json").read_text())
     assert manifest["layers"]["asserted"] == [1, 2]
     tensors_before = (baseline_dir / manifest["files"]["tensors"]).read_bytes()

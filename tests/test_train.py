@@ -59,6 +59,8 @@ OTHER_FLAGS = {
     "vllm_mode": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
     "vllm_server_host": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
     "vllm_server_port": "test_launch_configs.py::test_vllm_flags_reach_grpo_config",
+    "device": "test_device_and_dtype_flags_pick_the_precision",
+    "dtype": "test_device_and_dtype_flags_pick_the_precision",
 }
 
 
@@ -205,6 +207,18 @@ def test_missing_dataset_file_is_a_one_line_error(tiny_checkpoint, capsys):
     assert main(["--dataset", "nowhere.jsonl", "--model", str(tiny_checkpoint)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere.jsonl" in err
+
+
+def test_device_and_dtype_flags_pick_the_precision(tiny_checkpoint):
+    from drift_suite.errors import DriftSuiteError
+
+    model, _ = train.load_training_model(parse_args(["--model", str(tiny_checkpoint), "--dtype", "bfloat16"]))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    config = build_grpo_config(TrainArgs(device="cpu", dtype="float32"))
+    assert config.use_cpu and not config.bf16 and not config.fp16
+    if not torch.cuda.is_available():
+        with pytest.raises(DriftSuiteError, match="^--device cuda"):
+            build_grpo_config(TrainArgs(device="cuda"))
 
 
 def test_model_flag_picks_the_weights_trained(tiny_checkpoint, tmp_path):
