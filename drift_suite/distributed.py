@@ -67,14 +67,6 @@ def is_main_process() -> bool:
     return process_context().is_main
 
 
-def rank_device(context: ProcessContext | None = None) -> torch.device:
-    """Where this rank measures: its own GPU (``cuda:LOCAL_RANK``) when CUDA exists, else the CPU."""
-    import torch
-
-    context = context or process_context()
-    return torch.device("cuda", context.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
 _GLOO_GROUP: Any = None
 
 

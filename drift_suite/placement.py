@@ -64,20 +64,23 @@ class Placement:
         return f"{where}, {self.dtype}"
 
 
-def _resolve_device(device: str, cuda_available: bool, cuda_count: int) -> str:
+def _resolve_device(device: str, cuda_available: bool, cuda_count: int, local_rank: int = 0) -> str:
     import torch
 
     spec = (device or "auto").strip().lower()
     if spec == "auto":
-        return "cuda:0" if cuda_available else "cpu"
+        spec = "cuda" if cuda_available else "cpu"
+    if spec == "cuda":
+        # Under torchrun / accelerate launch each process measures on its own GPU.
+        spec = f"cuda:{local_rank}"
     if spec == "cpu":
         return "cpu"
-    if spec == "cuda" or _CUDA_INDEX.match(spec):
+    if _CUDA_INDEX.match(spec):
         if not cuda_available:
-            raise DriftSuiteError(f"--device {spec}: no CUDA GPU is available here (torch {torch.__version__}); pass --device cpu or auto")
-        index = int(spec.split(":")[1]) if ":" in spec else 0
+            raise DriftSuiteError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); pass --device cpu or auto")
+        index = int(spec.split(":")[1])
         if index >= cuda_count:
-            raise DriftSuiteError(f"--device {spec}: this machine has {cuda_count} CUDA device(s), cuda:0..cuda:{cuda_count - 1}")
+            raise DriftSuiteError(f"--device {device}: this machine has {cuda_count} CUDA device(s), cuda:0..cuda:{cuda_count - 1}")
         return f"cuda:{index}"
     raise DriftSuiteError(f"--device: expected one of {', '.join(DEVICE_CHOICES)}; got {device!r}")
 
@@ -117,7 +120,9 @@ def resolve_placement(
         raise DriftSuiteError(f"--device-map: expected 'auto' (shard the model over the visible GPUs); got {device_map!r}")
     if map_spec is not None and not has_cuda:
         raise DriftSuiteError("--device-map auto: shards a model over CUDA GPUs, and none is available here; leave it out")
-    resolved_device = _resolve_device(device or "auto", has_cuda, count)
+    from .distributed import process_context
+
+    resolved_device = _resolve_device(device or "auto", has_cuda, count, process_context().local_rank)
     if map_spec is not None and resolved_device == "cpu":
         raise DriftSuiteError("--device-map auto places the model on the GPUs; it cannot be combined with --device cpu")
     on_real_gpu = resolved_device.startswith("cuda") and real_cuda

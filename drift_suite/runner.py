@@ -29,7 +29,7 @@ from .baseline import (
 )
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
-from .distributed import measure_across_processes, on_main_then_share, process_context, rank_device
+from .distributed import measure_across_processes, on_main_then_share, process_context
 from .errors import BaselineError, CheckpointError
 from .measure import Measurement, measure
 from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
@@ -266,8 +266,6 @@ class DriftCheck:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         loaded = self._load(path)
-        if process_context().distributed and torch.cuda.is_available() and not self.use_4bit:
-            loaded.model.to(rank_device())  # one GPU per rank: cuda:LOCAL_RANK
         timings[f"load {Path(path).name}"] = time.perf_counter() - start
         check_compatible(
             baseline, loaded.info.to_dict(), self.persona_set, self.config.design, self.config.generation,
