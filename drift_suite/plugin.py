@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
+from .quiet import quiet_dependencies
+
 if TYPE_CHECKING:
     from .runner import DriftCheck, DriftOutcome
 
@@ -141,9 +143,10 @@ class DriftSession:
 
         if self._plan is None:
             try:
-                check = self.check()
-                check.validate()
-                self._plan = (check.planned_layers(), check.planned_roles())
+                with quiet_dependencies():
+                    check = self.check()
+                    check.validate()
+                    self._plan = (check.planned_layers(), check.planned_roles())
             except (DriftSuiteError, pytest.UsageError) as exc:
                 self.plan_error = str(exc) if str(exc).startswith("drift_suite") else f"drift_suite: {exc}"
                 self._plan = ([], [])
@@ -199,7 +202,8 @@ class DriftSession:
             except (DriftSuiteError, pytest.UsageError) as exc:
                 _stop(one_line(exc), EXIT_USAGE)
             try:
-                self._outcome = check.run()
+                with quiet_dependencies():
+                    self._outcome = check.run()
             except Exception as exc:
                 if self.pytest_config.getoption("fulltrace"):
                     raise
