@@ -95,6 +95,7 @@ class TerminalProgress:
                 terminal.write("\n")
             else:
                 terminal.write_line(text)
+                terminal.flush()  # a CI log is a file: without it the line waits in a buffer
             if finished:
                 _restore_prefix(terminal, self._prefix)
                 self._prefix = None

@@ -119,3 +119,14 @@ def test_cli_exit_codes_match_pytest(broken, tiny_checkpoint, baseline_dir, tmp_
     assert cli_main(["check", str(tiny_checkpoint), *common]) == EXIT_MEASUREMENT_FAILED
     err = capsys.readouterr().err
     assert "drift-suite: error: MemoryError: cannot allocate" in err and "Traceback" not in err
+
+
+def test_cli_pass_prints_progress_and_stage_timings(tiny_checkpoint, baseline_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(baseline_dir.parent)
+    report = tmp_path / "r.html"
+    assert cli_main(["check", str(tiny_checkpoint), "--baseline-dir", str(baseline_dir), "--report", str(report), "--no-cache"]) == 0
+    captured = capsys.readouterr()
+    assert "load model: " in captured.err and "compare model: " in captured.err
+    assert "measure model: 74/74 conversations in " in captured.err  # the fast design's 74 conversations
+    timings = [line for line in captured.out.splitlines() if line.startswith("timings: ")]
+    assert len(timings) == 1 and all(name in timings[0] for name in ("load model", "measure model", "metrics model", "report"))
