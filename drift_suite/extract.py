@@ -133,7 +133,7 @@ def _reporting_steps(
         before_forward(fed)
         if fed is not None:
             steps += 1
-            report(done + rows * min(steps / max_new_tokens, 1.0), total)
+        report(done + rows * min(steps / max_new_tokens, 1.0), total)  # the prefill (fed None) too: it starts a batch
 
     return hook
 

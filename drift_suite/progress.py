@@ -22,8 +22,10 @@ LOG_INTERVAL_S = 10.0
 
 
 def progress_text(label: str, done: float, total: int, elapsed_s: float) -> str:
-    """``label: 98/196 conversations, 5.1/s, ETA 19 s`` (or the finished line, with the total time)."""
+    """``label: 98/196 conversations, 5.1/s, ETA 19 s`` (or the first line, or the finished one with the total time)."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if done <= 0:
+        return f"{label}: 0/{total} conversations, reading the prompts"
     if done >= total:
         return f"{label}: {total}/{total} conversations in {elapsed_s:.1f} s ({rate:.1f}/s)"
     eta = f"ETA {(total - done) / rate:.0f} s" if rate > 0 else "ETA unknown"
@@ -31,7 +33,8 @@ def progress_text(label: str, done: float, total: int, elapsed_s: float) -> str:
 
 
 class LineProgress:
-    """One measurement's progress as text: ``show(text, finished)`` at most every ``interval_s``, and at the end."""
+    """One measurement's progress as text: ``show(text, finished)`` at the first call, then at most every
+    ``interval_s``, and once at the end."""
 
     def __init__(self, label: str, show: Callable[[str, bool], None], interval_s: float,
                  clock: Callable[[], float] = time.monotonic):
@@ -50,8 +53,6 @@ class LineProgress:
             return
         if not finished and self.last_shown is not None and now - self.last_shown < self.interval_s:
             return
-        if not finished and self.last_shown is None and now - self.started < min(self.interval_s, LIVE_INTERVAL_S):
-            return  # no rate to tell yet
         self.last_shown = now
         self.finished = finished
         self.show(progress_text(self.label, done, total, now - self.started), finished)

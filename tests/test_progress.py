@@ -13,7 +13,8 @@ from drift_suite.progress import ConsoleReporter, LineProgress, progress_text
 
 def test_progress_text_rate_and_eta():
     assert progress_text("measure m", 50, 200, 10.0) == "measure m: 50/200 conversations, 5.0/s, ETA 30 s"
-    assert progress_text("measure m", 0, 200, 10.0) == "measure m: 0/200 conversations, 0.0/s, ETA unknown"
+    assert progress_text("measure m", 0, 200, 10.0) == "measure m: 0/200 conversations, reading the prompts"
+    assert progress_text("measure m", 0.5, 200, 0.0) == "measure m: 0/200 conversations, 0.0/s, ETA unknown"
     assert progress_text("measure m", 200, 200, 40.0) == "measure m: 200/200 conversations in 40.0 s (5.0/s)"
 
 
@@ -21,11 +22,11 @@ def test_line_progress_throttles_and_shows_the_end_once():
     now = [0.0]
     shown: list[tuple[str, bool]] = []
     line = LineProgress("m", lambda text, finished: shown.append((text, finished)), interval_s=10.0, clock=lambda: now[0])
-    for t, done in [(0.1, 1), (1.0, 10), (5.0, 50), (11.5, 100), (12.0, 110), (20.0, 200), (20.5, 200)]:
+    for t, done in [(0.1, 0), (1.0, 10), (5.0, 50), (11.5, 100), (12.0, 110), (20.0, 200), (20.5, 200)]:
         now[0] = t
         line(done, 200)
     assert shown == [
-        ("m: 10/200 conversations, 10.0/s, ETA 19 s", False),  # nothing before a rate can be told (0.1 s)
+        ("m: 0/200 conversations, reading the prompts", False),  # at once: the work has begun
         ("m: 100/200 conversations, 8.7/s, ETA 12 s", False),  # then at most one line per interval
         ("m: 200/200 conversations in 20.0 s (10.0/s)", True),  # the end always, and once
     ]
