@@ -36,7 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "checkpoint-N/ dirs, or a hub id")
     group.addoption("--base-model", metavar="PATH_OR_ID",
                     help="base model for an adapter checkpoint (default: the adapter's base_model_name_or_path); "
-                         "for a run dir, the model --update-baselines measures")
+                         "for a fine-tuned checkpoint or a run dir, the model --update-baselines measures "
+                         "(default: the adapter's base, or the run's run_manifest.json)")
     group.addoption("--baseline-dir", metavar="DIR", default="baselines",
                     help="directory of the baseline to compare with or write (default: baselines)")
     group.addoption("--update-baselines", action="store_true",
