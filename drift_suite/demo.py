@@ -66,6 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with stages.stage(2, "suite on the untouched model", "drift suite on the untouched model against the shipped baseline"):
         code = _pytest(["--checkpoint", str(model_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(Path("reports") / "demo-base.html")])
     if code not in (EXIT_PASS, EXIT_DRIFT):
+        print(f"demo stopped: the drift suite exited with {code}, an error (README, \"Exit codes\"), not a verdict")
         return code
 
     with stages.stage(3, "training", f"LoRA GRPO on {args.dataset} for {args.steps} steps → {run_dir}"):
@@ -82,6 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
             ]
         )
     if train_code != 0:
+        print(f"demo stopped: training exited with {train_code}")
         return train_code
 
     report = Path("reports") / "demo-report.html"
