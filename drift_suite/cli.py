@@ -4,6 +4,9 @@
     drift-suite check CHECKPOINT [--baseline-dir baselines] [--update-baselines] [--report PATH]
     drift-suite train --model ... (see drift-suite train --help)
     drift-suite demo (the README's end-to-end demo)
+
+Exit codes (README, "Exit codes"): 0 pass, 1 drift, 2 bad command line or interrupted, 3 the model could not
+be loaded or measured, 4 bad input (checkpoint, baseline, persona set, options).
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+import traceback
 from pathlib import Path
 
 from .distributed import is_main_process
-from .errors import DriftSuiteError
+from .errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
+from .quiet import quiet_dependencies
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -26,7 +32,7 @@ def _check(args: argparse.Namespace) -> int:
     config = config_from_options(
         Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough, args.device, args.dtype, args.device_map
     )
-    outcome = DriftCheck(
+    check = DriftCheck(
         checkpoint=args.checkpoint,
         baseline_dir=args.baseline_dir,
         base_model=args.base_model,
@@ -36,27 +42,42 @@ def _check(args: argparse.Namespace) -> int:
         update_baseline=args.update_baselines,
         use_4bit=args.use_4bit,
         trust_remote_code=args.trust_remote_code,
-    ).run()
+        baseline_from_checkpoint=args.baseline_from_checkpoint,
+    )
+    try:
+        check.validate()
+    except DriftSuiteError as exc:
+        raise _Usage(str(exc)) from None
+    outcome = check.run()
+    if not is_main_process():
+        # torchrun / accelerate launch: the main process prints and writes the report, and its exit code is
+        # the launch's (a launcher stops every rank as soon as one exits non-zero, the main one mid-report).
+        return EXIT_PASS
     for line in outcome.baseline_update or []:
         print(f"baseline: {line}")
     checks = outcome.gate_checks()
     failed = [c for c in checks if not c.passed]
-    if not is_main_process():
-        # torchrun / accelerate launch: the main process prints and writes the report, and its exit code is
-        # the launch's (a launcher stops every rank as soon as one exits non-zero, the main one mid-report).
-        return 0
-    for check in failed:
-        print(f"FAIL {check.message()}")
+    for check_result in failed:
+        print(f"FAIL {check_result.message()}")
     print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
     if outcome.placement is not None:
         from .baseline import describe_placement
 
         print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
-    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
+    timings = dict(outcome.timings)
     if args.report != "none":
+        start = time.perf_counter()
         path = render_report(build_report_data(outcome), Path(args.report))
+        timings["report"] = time.perf_counter() - start
         print(f"report: {path.resolve().as_uri()}")
-    return 0 if not failed else 1
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    return EXIT_PASS if not failed else EXIT_DRIFT
+
+
+class _Usage(DriftSuiteError):
+    """Bad input found before anything loads (exit 4, as pytest's usage error)."""
+
+    exit_code = EXIT_USAGE
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -93,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="drift-suite",
         description="Check whether fine-tuning moved a chat model away from its Assistant persona "
         "(Assistant Axis, Lu et al. 2026). The same checks run under pytest: pytest suites/ --checkpoint PATH.",
+        epilog="exit codes: 0 pass, 1 drift, 2 bad command line or interrupted, 3 the model could not be loaded or "
+        "measured, 4 bad input (checkpoint, baseline, persona set, options); the same as under pytest",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("checkpoint", help="checkpoint dir (full or LoRA adapter), run dir with checkpoint-N/, or hub id")
     check.add_argument("--baseline-dir", default="baselines", help="baseline to compare with or write (default: baselines)")
     check.add_argument("--base-model", help="base model of an adapter checkpoint / of a run (for --update-baselines)")
-    check.add_argument("--update-baselines", action="store_true", help="(re)write the baseline from the reference model first")
+    check.add_argument("--update-baselines", action="store_true",
+                       help="(re)write the baseline first, from the reference model: the base model of a fine-tuned "
+                            "checkpoint (adapter, checkpoint-N or final of a run, run dir), else the checkpoint")
+    check.add_argument("--baseline-from-checkpoint", action="store_true",
+                       help="with --update-baselines: measure a fine-tuned checkpoint itself, not its base model")
     check.add_argument("--persona-set", help="'builtin' (default) or an upstream-format persona dir")
     check.add_argument("--layers", help="asserted layers for a new baseline: auto or L1,L2,...")
     check.add_argument("--k-sigma", type=float, help="noise-floor units a metric may move (default 3)")
@@ -131,18 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; the exit code follows README's table (0 pass, 1 drift, 2 bad command line, 3 load
+    or measurement failure, 4 bad input): an error is never 0 or 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return args.func(args)
-    except DriftSuiteError as exc:
+        with quiet_dependencies():
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("drift-suite: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
         if not is_main_process():
-            return 0  # the main process has the same error: it prints it and exits 2
-        print(f"drift-suite: error: {exc}", file=sys.stderr)
-        return 2
+            return EXIT_PASS  # the main process has the same error: it prints it and exits with its code
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if isinstance(exc, DriftSuiteError) or args.verbose else " (-v shows where)"
+        print(f"drift-suite: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return failure_exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ not averaged (the two-pass reference excludes it too).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -121,17 +121,37 @@ def plan_batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings)
     return batches
 
 
+def _reporting_steps(
+    before_forward: Callable[[torch.Tensor | None], None], report: Callable[[float, int], None],
+    done: int, rows: int, max_new_tokens: int, total: int,
+) -> Callable[[torch.Tensor | None], None]:
+    """``before_forward`` that also reports progress after each decoding step of a batch of ``rows``."""
+    steps = 0
+
+    def hook(fed: torch.Tensor | None) -> None:
+        nonlocal steps
+        before_forward(fed)
+        if fed is not None:
+            steps += 1
+        report(done + rows * min(steps / max_new_tokens, 1.0), total)  # the prefill (fed None) too: it starts a batch
+
+    return hook
+
+
 @torch.inference_mode()
 def generate_and_capture(
     model: torch.nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
     settings: GenerationSettings = GenerationSettings(),
-    progress: bool | str = True,
+    progress: bool | str | Callable[[float, int], None] = True,
 ) -> Extraction:
     """Generate an answer to each chat-formatted prompt and average its residual stream over answer tokens.
 
     Returns layer outputs of every decoder layer (the raw residual stream; the final norm is not applied).
+    ``progress`` is a tqdm bar's label (or True / False), or a callback ``progress(done, total)`` called
+    after every decoding step with the conversations done so far (a batch in flight counts by its share of
+    ``max_new_tokens`` steps, so one big batch still gives a rate and an ETA).
     """
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     eos_ids = _eos_ids(model, tokenizer)
@@ -153,13 +173,19 @@ def generate_and_capture(
     handles = [layer.register_forward_hook(layer_hook(i)) for i, layer in enumerate(layers)]
     batches = plan_batches(encoded, settings)
     generator = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
-    bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generating", disable=not progress, unit="conv")
+    report = progress if callable(progress) else None
+    bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generating",
+               disable=not progress or report is not None, unit="conv")
+    done = 0
     try:
         for batch in batches:
             acc = state["acc"] = _AnswerAccumulator(len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens)
+            step_hook = acc.before_forward
+            if report is not None:
+                step_hook = _reporting_steps(acc.before_forward, report, done, len(batch), settings.max_new_tokens, len(prompts))
             generated = decode(
                 model, [encoded[i] for i in batch], settings.max_new_tokens, eos_ids, pad_id,
-                before_forward=acc.before_forward, do_sample=settings.do_sample,
+                before_forward=step_hook, do_sample=settings.do_sample,
                 temperature=settings.temperature, generator=generator,
             )
             batch_counts = acc.counts.numpy()
@@ -170,6 +196,9 @@ def generate_and_capture(
                 answer_ids[i] = answer.tolist()
                 responses[i] = tokenizer.decode(answer, skip_special_tokens=True)
             bar.update(len(batch))
+            done += len(batch)
+            if report is not None:
+                report(done, len(prompts))
     finally:
         for handle in handles:
             handle.remove()

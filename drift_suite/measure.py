@@ -21,6 +21,7 @@ from .extract import GenerationSettings, generate_and_capture, plan_batches
 from .metrics import assistant_axis, group_means
 from .models import LoadedModel, weights_digest
 from .personas import DEFAULT_ROLE, PersonaSet
+from .progress import ProgressCallback
 
 
 @dataclass
@@ -88,7 +89,7 @@ def measure(
     design: Design = Design(),
     settings: GenerationSettings = GenerationSettings(),
     cache_dir: Path | None = cache.DEFAULT_CACHE_DIR,
-    progress: bool | str = True,
+    progress: bool | str | ProgressCallback = True,
 ) -> Measurement:
     """Measure ``loaded`` over ``persona_set``; reuses a cached measurement of the same weights and settings."""
     conversations = build_conversations(persona_set, design)
@@ -148,7 +149,7 @@ def _generate_by_batch(
     settings: GenerationSettings,
     cache_dir: Path | None,
     key: str,
-    progress: bool | str,
+    progress: bool | str | ProgressCallback,
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Generate and capture batch by batch, caching each finished batch, so an interrupted measurement
     resumes where it stopped; batches already in the cache are not generated again.
@@ -177,11 +178,13 @@ def _generate_by_batch(
             todo.append((index, batch))
     done = len(prompts) - sum(len(batch) for _, batch in todo)
     description = progress if isinstance(progress, str) else "generating"
-    with tqdm(total=len(prompts), initial=done, desc=description, disable=not progress, unit="conv") as bar:
+    report = progress if callable(progress) else None  # a callback sees every decoding step, tqdm each batch
+    with tqdm(total=len(prompts), initial=done, desc=description, disable=not progress or report is not None, unit="conv") as bar:
         for index, batch in todo:
             # A seed per batch makes a sampled batch the same whether or not the run was resumed.
             batch_settings = replace(settings, seed=settings.seed + index)
-            part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=False)
+            step_report = False if report is None else (lambda d, _total, before=done: report(before + d, len(prompts)))
+            part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=step_report)
             fill(batch, part.means, part.token_counts, part.responses)
             if cache_dir is not None and batch is not todo[-1][1]:  # the last one is cached whole, next
                 cache.store(
@@ -191,4 +194,5 @@ def _generate_by_batch(
                     {"responses": json.dumps(part.responses)},
                 )
             bar.update(len(batch))
+            done += len(batch)
     return means, token_counts, responses, [batch_key(key, batch) for batch in batches]

@@ -112,6 +112,18 @@ def quantization_kwargs(use_4bit: bool) -> dict[str, Any]:
     }
 
 
+def adapter_base_model(adapter_dir: Path, base_model: str | None = None) -> str:
+    """The base an adapter applies to: ``base_model`` when given, else its ``base_model_name_or_path``."""
+    try:
+        adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{adapter_dir}/adapter_config.json: not valid JSON ({exc})") from None
+    base = base_model or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise CheckpointError(f"{adapter_dir}: adapter without base_model_name_or_path; pass --base-model")
+    return str(base)
+
+
 def check_model_dir(path: Path) -> None:
     """Raise a one-line :class:`CheckpointError` unless ``path`` is a model or adapter checkpoint dir."""
     if not path.exists():
@@ -211,13 +223,7 @@ def load_model(
         check_model_dir(path)
         if (path / "adapter_config.json").is_file():
             adapter_dir = path
-            try:
-                adapter_config = json.loads((path / "adapter_config.json").read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{path}/adapter_config.json: not valid JSON ({exc})") from None
-            base = base_model or adapter_config.get("base_model_name_or_path")
-            if not base:
-                raise CheckpointError(f"{path}: adapter without base_model_name_or_path; pass --base-model")
+            base = adapter_base_model(path, base_model)
             if looks_like_path(str(base)):
                 try:
                     check_model_dir(Path(base).expanduser())
@@ -261,8 +267,7 @@ def read_model_shape(spec: str | Path, base_model: str | None = None, trust_remo
     """``(num_layers, hidden_size)`` from a checkpoint's config without loading weights."""
     path = Path(str(spec)).expanduser()
     if (path / "adapter_config.json").is_file():
-        base = base_model or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        return read_model_shape(base, trust_remote_code=trust_remote_code)
+        return read_model_shape(adapter_base_model(path, base_model), trust_remote_code=trust_remote_code)
     from transformers import AutoConfig
 
     try:

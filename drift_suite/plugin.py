@@ -6,10 +6,14 @@ so the plugin costs nothing in test runs that do not use it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+
+from .quiet import quiet_dependencies
 
 if TYPE_CHECKING:
     from .runner import DriftCheck, DriftOutcome
@@ -32,12 +36,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "checkpoint-N/ dirs, or a hub id")
     group.addoption("--base-model", metavar="PATH_OR_ID",
                     help="base model for an adapter checkpoint (default: the adapter's base_model_name_or_path); "
-                         "for a run dir, the model --update-baselines measures")
+                         "for a fine-tuned checkpoint or a run dir, the model --update-baselines measures "
+                         "(default: the adapter's base, or the run's run_manifest.json)")
     group.addoption("--baseline-dir", metavar="DIR", default="baselines",
                     help="directory of the baseline to compare with or write (default: baselines)")
     group.addoption("--update-baselines", action="store_true",
                     help="measure the reference model and (re)write the baseline, then check against it; "
-                         "the run passes unless the checkpoint drifted from the new baseline")
+                         "the run passes unless the checkpoint drifted from the new baseline. The reference of a "
+                         "fine-tuned checkpoint (adapter, checkpoint-N or final of a run, run dir) is its base model")
+    group.addoption("--baseline-from-checkpoint", action="store_true",
+                    help="with --update-baselines: measure a fine-tuned checkpoint itself, not its base model "
+                         "(it becomes its own reference)")
     group.addoption("--persona-set", metavar="builtin|DIR",
                     help="persona set: 'builtin' (default) or a dir in the upstream assistant-axis format")
     group.addoption("--drift-report", metavar="PATH", default=DEFAULT_REPORT,
@@ -61,6 +70,69 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--trust-remote-code", action="store_true", help="allow the model repo's own Python code (off by default)")
 
 
+class TerminalProgress:
+    """Progress through pytest's terminal reporter, with capture suspended so that it shows while a test runs.
+
+    On a terminal one line per measurement is rewritten in place; in a log (CI) a line comes every 10 s.
+    Stage lines (load, compare) show with ``-v`` only: the summary lists every stage's time anyway.
+    """
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self._prefix: Any = None
+
+    def _terminal(self) -> Any:
+        return self.config.pluginmanager.get_plugin("terminalreporter")
+
+    def _write(self, text: str, *, rewrite: bool = False, finished: bool = True) -> None:
+        terminal = self._terminal()
+        if terminal is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            if terminal.currentfspath:  # the test line pytest started: its result goes after it, restored below
+                self._prefix = terminal.currentfspath
+            terminal.ensure_newline()
+            if rewrite:
+                terminal.rewrite(text, erase=True)
+                if not finished:
+                    terminal.flush()
+                    return
+                terminal.write("\n")
+            else:
+                terminal.write_line(text)
+                terminal.flush()  # a CI log is a file: without it the line waits in a buffer
+            if finished:
+                _restore_prefix(terminal, self._prefix)
+                self._prefix = None
+
+    def task(self, label: str) -> Callable[[float, int], None]:
+        from .progress import LIVE_INTERVAL_S, LOG_INTERVAL_S, LineProgress
+
+        terminal = self._terminal()
+        live = terminal is not None and terminal.isatty()
+        return LineProgress(
+            f"drift_suite: {label}",
+            lambda text, finished: self._write(text, rewrite=live, finished=finished),
+            LIVE_INTERVAL_S if live else LOG_INTERVAL_S,
+        )
+
+    def stage(self, text: str) -> None:
+        if self.config.getoption("verbose") > 0:
+            self._write(f"drift_suite: {text}")
+
+
+def _restore_prefix(terminal: Any, prefix: Any) -> None:
+    """Write again the start of the line pytest had begun (a file path, or a test id with -v) before our lines."""
+    if isinstance(prefix, Path):
+        terminal.write(f"{os.path.relpath(prefix, terminal.startpath)} ", flush=True)
+    elif isinstance(prefix, str) and prefix:
+        terminal.write(prefix, flush=True)
+    else:
+        return
+    terminal.currentfspath = prefix
+
+
 class DriftSession:
     """State for one pytest run: the check (planned at collection) and its outcome (measured once)."""
 
@@ -68,7 +140,6 @@ class DriftSession:
         self.pytest_config = config
         self._check: "DriftCheck | None" = None
         self._outcome: "DriftOutcome | None" = None
-        self._error: str | None = None
         self._plan: tuple[list[int], list[str]] | None = None
         self.plan_error: str | None = None
         self.report_path: Path | None = None
@@ -79,9 +150,10 @@ class DriftSession:
 
         if self._plan is None:
             try:
-                check = self.check()
-                check.validate()
-                self._plan = (check.planned_layers(), check.planned_roles())
+                with quiet_dependencies():
+                    check = self.check()
+                    check.validate()
+                    self._plan = (check.planned_layers(), check.planned_roles())
             except (DriftSuiteError, pytest.UsageError) as exc:
                 self.plan_error = str(exc) if str(exc).startswith("drift_suite") else f"drift_suite: {exc}"
                 self._plan = ([], [])
@@ -120,21 +192,33 @@ class DriftSession:
                 update_baseline=option("update_baselines"),
                 use_4bit=option("use_4bit"),
                 trust_remote_code=option("trust_remote_code"),
+                progress=TerminalProgress(self.pytest_config),
+                baseline_from_checkpoint=option("baseline_from_checkpoint"),
             )
         return self._check
 
     def outcome(self) -> "DriftOutcome":
-        """Measure once per session; a user error becomes the same one-line failure in every drift test."""
-        from .errors import DriftSuiteError
+        """Measure once per session. Any error ends the whole run with one line and an exit code above 1.
 
-        if self._error is not None:
-            pytest.fail(self._error, pytrace=False)
+        Bad input found before measuring exits with pytest's usage error (4); a model that cannot be loaded
+        or measured with its internal error (3): never 1, which means drift (README, "Exit codes").
+        """
+        from .errors import EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
+
         if self._outcome is None:
             try:
-                self._outcome = self.check().run()
-            except DriftSuiteError as exc:
-                self._error = f"drift_suite: {exc}"
-                pytest.fail(self._error, pytrace=False)
+                check = self.check()
+                check.validate()
+            except (DriftSuiteError, pytest.UsageError) as exc:
+                _stop(one_line(exc), EXIT_USAGE)
+            try:
+                with quiet_dependencies():
+                    self._outcome = check.run()
+            except Exception as exc:
+                if self.pytest_config.getoption("fulltrace"):
+                    raise
+                hint = "" if isinstance(exc, DriftSuiteError) else f" (while loading or measuring {check.checkpoint}; --full-trace shows where)"
+                _stop(one_line(exc) + hint, failure_exit_code(exc))
         return self._outcome
 
     def write_report(self) -> Path | None:
@@ -152,6 +236,12 @@ class DriftSession:
 
 def _usage(message: str) -> Exception:
     return pytest.UsageError(f"drift_suite: {message}")
+
+
+def _stop(message: str, exit_code: int) -> None:
+    """End the whole session with one line: every drift test needs the measurement, so none runs without it."""
+    __tracebackhide__ = True
+    pytest.exit(message if message.startswith("drift_suite") else f"drift_suite: {message}", returncode=exit_code)
 
 
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists, so a non-main rank can drop it

@@ -30,21 +30,26 @@ from .baseline import (
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
 from .distributed import measure_across_processes, on_main_then_share, process_context
-from .errors import BaselineError, CheckpointError
+from .errors import BaselineError, CheckpointError, DriftSuiteError
 from .measure import Measurement, measure
 from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
 from .models import (
     LoadedModel,
+    adapter_base_model,
     check_model_dir,
     embedding_fingerprint,
     find_run_checkpoints,
     is_run_dir,
     load_model,
     looks_like_path,
+    quantization_kwargs,
     read_model_shape,
 )
 from .personas import PersonaSet, resolve_persona_set
 from .placement import Placement, resolve_placement
+from .progress import ConsoleReporter, Reporter, SilentReporter
+
+RUN_MANIFEST = "run_manifest.json"
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +141,12 @@ class DriftCheck:
         update_baseline: bool = False,
         use_4bit: bool = False,
         trust_remote_code: bool = False,
-        progress: bool = True,
+        progress: bool | Reporter = True,
+        baseline_from_checkpoint: bool = False,
     ):
+        """``progress``: True shows it on stderr, False shows nothing, or a :class:`~drift_suite.progress.Reporter`.
+        ``baseline_from_checkpoint``: ``update_baseline`` measures a fine-tuned checkpoint itself rather than
+        its base model (the default measures the base, so a fine-tune never becomes its own reference)."""
         self.checkpoint = str(checkpoint)
         self.baseline_dir = Path(baseline_dir)
         self.base_model = base_model
@@ -147,8 +156,13 @@ class DriftCheck:
         self.update_baseline = update_baseline
         self.use_4bit = use_4bit
         self.trust_remote_code = trust_remote_code
-        self.progress = progress
         self.placement = resolve_placement(config.device, config.dtype, config.device_map)
+        # Under torchrun / accelerate launch only the main process shows progress.
+        show_progress = process_context().is_main
+        self.reporter: Reporter = (
+            progress if not isinstance(progress, bool) else ConsoleReporter() if progress and show_progress else SilentReporter()
+        )
+        self.baseline_from_checkpoint = baseline_from_checkpoint
         self._stored_baseline: Baseline | None = None
 
     # -- planning (cheap: no weights) -------------------------------------------------------------------
@@ -159,24 +173,51 @@ class DriftCheck:
             return targets
         return [(None, self.checkpoint)]
 
-    def reference_model(self) -> str:
-        """What ``--update-baselines`` measures: the checkpoint, or for a run its base model."""
-        if not is_run_dir(self.checkpoint):
-            return self.checkpoint
+    def base_of_checkpoint(self) -> tuple[str, str] | None:
+        """``(base model, where it was found)`` for a fine-tuned checkpoint or a run; None for a model of its own.
+
+        Fine-tuned: a run dir, an adapter dir, or a dir inside a run (``checkpoint-N``, ``final``) whose
+        run dir holds ``run_manifest.json``. ``--base-model`` overrides what the files say.
+        """
+        path = Path(self.checkpoint).expanduser()
         if self.base_model:
-            return self.base_model
-        manifest = Path(self.checkpoint) / "run_manifest.json"
-        if manifest.is_file():
-            return json.loads(manifest.read_text())["model"]
-        raise CheckpointError(f"{self.checkpoint}: a run dir without run_manifest.json; pass --base-model to update its baseline")
+            return self.base_model, "--base-model"
+        if is_run_dir(path):
+            if (path / RUN_MANIFEST).is_file():
+                return _manifest_model(path / RUN_MANIFEST), f"its {RUN_MANIFEST}"
+            raise CheckpointError(f"{self.checkpoint}: a run dir without {RUN_MANIFEST}; pass --base-model to name its base model")
+        if (path / "adapter_config.json").is_file():
+            return adapter_base_model(path), "its adapter_config.json"
+        if path.is_dir() and (path.parent / RUN_MANIFEST).is_file():
+            return _manifest_model(path.parent / RUN_MANIFEST), f"{path.parent / RUN_MANIFEST}"
+        return None
+
+    def reference_model(self) -> str:
+        """What ``--update-baselines`` measures: the base model of a fine-tuned checkpoint or run, else the checkpoint."""
+        base = None if self.baseline_from_checkpoint else self.base_of_checkpoint()
+        return base[0] if base else self.checkpoint
+
+    def reference_description(self) -> str:
+        """Whose baseline ``--update-baselines`` writes, for the summary: ``BASE (base model of CKPT, from …)``."""
+        if self.baseline_from_checkpoint:
+            return f"{self.checkpoint} itself (--baseline-from-checkpoint)"
+        base = self.base_of_checkpoint()
+        if base is None:
+            return self.checkpoint
+        return f"{base[0]} (base model of {self.checkpoint}, from {base[1]})"
 
     def validate(self) -> None:
-        """Cheap checks before any weights load: the checkpoint exists, the baseline exists (unless updating)."""
+        """Cheap checks before any weights load: options, checkpoint and base dirs, the baseline (unless updating)."""
+        quantization_kwargs(self.use_4bit)  # --use-4bit without CUDA is refused here, before anything loads
+        if self.baseline_from_checkpoint and is_run_dir(self.checkpoint):
+            raise CheckpointError(f"{self.checkpoint}: --baseline-from-checkpoint takes one checkpoint, not a run dir")
         for _step, path in self.targets():
             if looks_like_path(path):
                 check_model_dir(Path(path).expanduser())
+                if (Path(path).expanduser() / "adapter_config.json").is_file():
+                    _check_if_local(adapter_base_model(Path(path).expanduser(), self.base_model), f"base model of adapter {path}")
         if self.update_baseline:
-            self.reference_model()
+            _check_if_local(self.reference_model(), "reference model for --update-baselines")
         else:
             self.check_placement_early(self.stored_baseline())
 
@@ -189,7 +230,11 @@ class DriftCheck:
     def stored_baseline(self) -> Baseline:
         """The baseline on disk, read once (planning, validation and the run share it)."""
         if self._stored_baseline is None:
-            self._stored_baseline = load_baseline(self.baseline_dir, checkpoint_hint=self.checkpoint)
+            try:
+                hint = self.reference_model()
+            except DriftSuiteError:
+                hint = "<base model>"
+            self._stored_baseline = load_baseline(self.baseline_dir, checkpoint_hint=hint)
         return self._stored_baseline
 
     def planned_layers(self) -> list[int]:
@@ -216,15 +261,25 @@ class DriftCheck:
             trust_remote_code=self.trust_remote_code,
         )
 
+    def _timed_load(self, spec: str, label: str) -> tuple[LoadedModel, float]:
+        start = time.perf_counter()
+        loaded = self._load(spec)
+        seconds = time.perf_counter() - start
+        self.reporter.stage(f"load {label}: {seconds:.1f} s")
+        return loaded, seconds
+
     def _measure(self, loaded: LoadedModel, label: str) -> Measurement:
-        return measure(
+        measurement = measure(
             loaded,
             self.persona_set,
             self.config.design,
             self.config.generation,
             cache_dir=self.cache_dir,
-            progress=f"measuring {label}" if self.progress and process_context().is_main else False,
+            progress=self.reporter.task(f"measure {label}"),
         )
+        if measurement.from_cache:
+            self.reporter.stage(f"measure {label}: from the cache ({sum(measurement.timings.values()):.1f} s)")
+        return measurement
 
     def write_baseline(self) -> tuple[Baseline, list[str]]:
         """Measure the reference model and write its baseline; returns it and what changed."""
@@ -232,11 +287,11 @@ class DriftCheck:
             return self._write_baseline()
 
     def _write_baseline(self) -> tuple[Baseline, list[str]]:
-        start = time.perf_counter()
         spec = self.reference_model()
-        loaded = self._load(spec)
-        load_s = time.perf_counter() - start
-        measurement = self._measure(loaded, Path(spec).name or spec)
+        label = Path(spec).name or spec
+        loaded, load_s = self._timed_load(spec, label)
+        measurement = self._measure(loaded, label)
+        start = time.perf_counter()
         layers = resolve_layers(self.config.layers, loaded.info.num_layers)
         baseline = create_baseline(
             measurement,
@@ -253,6 +308,8 @@ class DriftCheck:
         except BaselineError:
             changes = ["new baseline"]
         save_baseline(baseline, self.baseline_dir)
+        self.reporter.stage(f"baseline (noise floor, {self.config.n_boot} bootstrap replicates; write): {time.perf_counter() - start:.1f} s")
+        changes.append(f"written from {self.reference_description()}")
         changes.append(f"written to {self.baseline_dir}/ ({measurement.labels.size} conversations, load {load_s:.1f}s, "
                        f"measure {measurement.timings.get('generate_and_capture_s', 0):.1f}s)")
         return baseline, changes
@@ -264,9 +321,7 @@ class DriftCheck:
     def _load_and_measure(self, path: str, baseline: Baseline) -> tuple[Measurement, dict[str, float]]:
         """Load one target, check it fits ``baseline`` and measure it; returns the measurement and timings."""
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        loaded = self._load(path)
-        timings[f"load {Path(path).name}"] = time.perf_counter() - start
+        loaded, timings[f"load {Path(path).name}"] = self._timed_load(path, Path(path).name)
         check_compatible(
             baseline, loaded.info.to_dict(), self.persona_set, self.config.design, self.config.generation,
             embedding_fingerprint(loaded.model),
@@ -299,11 +354,29 @@ class DriftCheck:
             start = time.perf_counter()
             comparison = compare(baseline, measurement, self.config.thresholds, step=step)
             timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
+            self.reporter.stage(f"compare {Path(path).name}: {timings[f'metrics {Path(path).name}']:.1f} s")
             steps.append(StepResult(step, path, comparison, measurement))
         rewards = read_reward_log(self.checkpoint) if is_run_dir(self.checkpoint) else {}
         return DriftOutcome(
             self.checkpoint, str(self.baseline_dir), baseline, steps, self.config, update_lines, timings, rewards, self.placement
         )
+
+
+def _manifest_model(manifest: Path) -> str:
+    """The base model a training run recorded in its ``run_manifest.json``."""
+    try:
+        return str(json.loads(manifest.read_text())["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{manifest}: unreadable run manifest ({type(exc).__name__}); pass --base-model") from None
+
+
+def _check_if_local(spec: str, role: str) -> None:
+    """A one-line error when ``spec`` names a local model dir that is not there (hub ids load later)."""
+    if looks_like_path(spec):
+        try:
+            check_model_dir(Path(spec).expanduser())
+        except CheckpointError as exc:
+            raise CheckpointError(f"{role}: {exc} (pass --base-model)") from None
 
 
 def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:

@@ -83,16 +83,13 @@ def test_adapter_without_base(tmp_path):
 @pytest.fixture(scope="module")
 def adapter_and_merged(tiny_checkpoint, tmp_path_factory):
     """A LoRA adapter with non-zero weights on the tiny base, and the same model merged and saved in full."""
-    from peft import LoraConfig, get_peft_model
+    from peft import PeftModel
+    from tiny import save_tiny_adapter
 
     folder = tmp_path_factory.mktemp("lora")
     base = load_model(tiny_checkpoint)
-    torch.manual_seed(1)
-    peft_model = get_peft_model(
-        base.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
-    peft_model.save_pretrained(folder / "adapter")
-    merged = peft_model.merge_and_unload()
+    save_tiny_adapter(tiny_checkpoint, folder / "adapter")
+    merged = PeftModel.from_pretrained(base.model, str(folder / "adapter")).merge_and_unload()
     merged.save_pretrained(folder / "merged", safe_serialization=True)
     base.tokenizer.save_pretrained(folder / "merged")
     config = json.loads((folder / "adapter" / "adapter_config.json").read_text())

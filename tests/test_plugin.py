@@ -54,6 +54,8 @@ def test_update_then_pass_then_fail_on_damage(suite, tiny_checkpoint, tmp_path):
     first = run(suite, "--checkpoint", str(tiny_checkpoint), "--update-baselines", "--baseline-dir", str(baseline_dir))
     first.assert_outcomes(passed=2 * 2 + 25)
     first.stdout.fnmatch_lines(["*baseline: new baseline*", "*verdict: PASS*", "*measured on: *; baseline: *", "*report: file://*report.html"])
+    # Progress shows through the terminal reporter although pytest captures the test's output.
+    first.stdout.fnmatch_lines(["drift_suite: measure model: 74/74 conversations in * s (*/s)"])
     manifest = json.loads((baseline_dir / "manifest.json").read_text())
     assert manifest["layers"]["asserted"] == [1, 2]
     tensors_before = (baseline_dir / manifest["files"]["tensors"]).read_bytes()
@@ -110,8 +112,9 @@ def test_other_model_baseline_fails_clearly(suite, tiny_checkpoint, tmp_path):
     assert run(suite, "--checkpoint", str(tiny_checkpoint), "--update-baselines", "--baseline-dir", str(baseline_dir)).ret == 0
     wider = save_tiny_checkpoint(tmp_path / "wider", hidden=48)
     result = run(suite, "--checkpoint", str(wider), "--baseline-dir", str(baseline_dir))
-    assert result.ret == 1
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # an error, never 1 (drift)
     result.stdout.fnmatch_lines(["*drift_suite: baseline was made for*32 hidden*48 hidden*"])
+    assert result.stdout.str().count("baseline was made for") == 1
     assert "Traceback" not in result.stdout.str()
 
 

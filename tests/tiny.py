@@ -92,3 +92,15 @@ def save_tiny_checkpoint(path: Path, seed: int = 0, chat_template: str = CHATML,
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_tiny_adapter(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+    """A LoRA adapter dir with non-zero weights on the tiny checkpoint at ``base_dir`` (its recorded base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out_dir)
+    return out_dir
