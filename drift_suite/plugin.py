@@ -173,7 +173,7 @@ class DriftSession:
             if checkpoint is None:
                 raise _usage("no model to check: pass --checkpoint PATH (e.g. pytest suites/ --checkpoint checkpoints/final)")
             config = config_from_options(
-                Path(str(self.pytest_config.rootpath)),
+                _settings_dir(self.pytest_config),
                 layers=option("drift_layers"),
                 k_sigma=option("drift_k_sigma"),
                 max_batch_tokens=option("max_batch_tokens"),
@@ -232,6 +232,14 @@ class DriftSession:
 
         self.report_path = render_report(build_report_data(self._outcome), Path(target))
         return self.report_path
+
+
+def _settings_dir(config: pytest.Config) -> Path:
+    """Where ``[tool.drift_suite]`` is looked up: beside pytest's own config file, else from the invocation dir.
+
+    Not ``rootpath``: pytest derives it from the command line's paths, which can put it outside the project.
+    """
+    return Path(config.inipath).parent if config.inipath else Path(config.invocation_params.dir)
 
 
 def _usage(message: str) -> Exception:
