@@ -53,6 +53,8 @@ def _check(args: argparse.Namespace) -> int:
 
         print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
+    for note in outcome.decoder_notes():
+        print(f"decoder: {note}")
     if args.report != "none":
         path = render_report(build_report_data(outcome), Path(args.report))
         print(f"report: {path.resolve().as_uri()}")

@@ -459,4 +459,4 @@ def decode(
             position = position + 1
             logits = forward(fed[:, None], full_mask[:, : mask.shape[1] + step + 1], position[:, None])
     tokens = tokens.cpu()
-    return tokens[:, : _steps_until_all_ended(tokens, eos.cpu())]
+    return tokens[:, : _steps_until_all_ended(tokens, torch.as_tensor(list(eos_ids), dtype=torch.long))]

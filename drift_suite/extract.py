@@ -236,7 +236,7 @@ def _generate_then_reforward(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
         try:
-            for batch in _batches(encoded, settings):
+            for batch in plan_batches(encoded, settings):
                 ids, mask = left_pad([encoded[i] for i in batch], pad_id)
                 sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0} if settings.do_sample else {"do_sample": False}
                 generated = model.generate(

@@ -186,3 +186,34 @@ def test_sampling_is_seeded_and_tends_to_greedy_at_low_temperature(tiny, prompt_
     assert torch.equal(sample(1, 1.0), sample(1, 1.0))
     assert not torch.equal(sample(1, 1.0), sample(2, 1.0))
     assert torch.equal(sample(3, 1e-8), decode(model, prompt_rows, 8, [], pad))
+
+
+def test_the_loop_and_the_capture_read_nothing_back_but_the_stop_check(tiny, tiny_personas, monkeypatch):
+    """On an accelerator every read of a tensor's value on the host is a synchronisation. Counted on the CPU,
+    inside the decoding loop and the capture hooks: one read per ``stop_check_every`` steps, none per layer."""
+    from pathlib import Path
+
+    from drift_suite import extract
+    from drift_suite.extract import GenerationSettings, generate_and_capture
+
+    ours = {str(Path(decode_module.__file__).resolve()), str(Path(extract.__file__).resolve())}
+    loop_functions = {"decode", "forward", "pick", "before_forward", "add", "hook"}
+    reads: list[str] = []
+
+    def counting(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = __import__("sys")._getframe(1).f_code
+            if str(Path(caller.co_filename).resolve()) in ours and caller.co_name in loop_functions:
+                reads.append(f"{caller.co_name}:{name}")
+            return real(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 1, 2)))
+    settings = GenerationSettings(max_new_tokens=12)
+    generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False, stop_check_every=4)
+    assert reads == ["decode:__bool__"] * 3 + ["decode:cpu"], "three stop checks and the tokens at the end"
