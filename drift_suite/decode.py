@@ -212,8 +212,10 @@ def prefix_sharing_blocker(model: torch.nn.Module, plan: PrefillPlan, max_new_to
     """Why ``plan`` would give wrong activations on ``model`` (a local-attention span it can exceed), else None."""
     span = local_attention_span(model)
     columns = plan.prefix_columns + plan.suffix_columns + max_new_tokens
-    if span is not None and columns > span:
-        return f"prefix sharing off: attention window {span} < {columns} columns"
+    # A query sees itself and the ``span - 1`` columns before it; ``>=`` leaves a column of margin for
+    # implementations that count the window one shorter.
+    if span is not None and columns >= span:
+        return f"prefix sharing off: attention window {span} <= {columns} columns"
     return None
 
 
@@ -346,6 +348,13 @@ def _positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tenso
     return (positions + (start[:, None] if isinstance(start, torch.Tensor) else start)).clamp(min=0) * mask
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model takes its input ids: the embedding's device (the first of several under a device map)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else next(model.parameters()).device
+
+
 def _stop_check_interval(stop_check_every: int | None, device: torch.device) -> int:
     if stop_check_every is not None:
         if stop_check_every < 1:
@@ -395,7 +404,7 @@ def decode(
 
     Sampling, when asked for, is plain temperature sampling from the full softmax, from ``generator``.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     check_every = _stop_check_interval(stop_check_every, device)
     eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
     batch = len(rows)

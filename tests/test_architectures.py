@@ -17,7 +17,9 @@ import torch
 from drift_suite import decode as decode_module
 from drift_suite.conversations import Design, build_conversations, render_prompts, supports_system_role
 from drift_suite.decode import fast_decoder_blocker, left_pad, local_attention_span, plan_prefill
-from drift_suite.extract import GenerationSettings, _eos_ids, generate_and_capture, reforward_answer_means
+from drift_suite.extract import (
+    GenerationSettings, _content_tokens, _eos_ids, generate_and_capture, reforward_answer_means,
+)
 from tiny import CHATML, NO_SYSTEM_CHATML, TINY_PERSONAS, tiny_tokenizer
 
 WINDOW = 12
@@ -100,15 +102,7 @@ def generate_content(model, tokenizer, prompts: list[str], max_new_tokens: int) 
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
         )[:, ids.shape[1]:]
-    answers = []
-    for row in generated.tolist():
-        content = []
-        for token in row:
-            if token in eos:
-                break
-            content.append(token)
-        answers.append(content)
-    return answers
+    return [_content_tokens(row, eos) for row in generated.tolist()]
 
 
 @pytest.mark.parametrize("share_prefixes", [True, False], ids=["shared-prefixes", "one-prefill"])
