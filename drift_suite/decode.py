@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .placement import model_device
+
 PackedLinearForward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -348,13 +350,6 @@ def _positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tenso
     return (positions + (start[:, None] if isinstance(start, torch.Tensor) else start)).clamp(min=0) * mask
 
 
-def input_device(model: torch.nn.Module) -> torch.device:
-    """Where the model takes its input ids: the embedding's device (the first of several under a device map)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(embeddings, "weight", None)
-    return weight.device if isinstance(weight, torch.Tensor) else next(model.parameters()).device
-
-
 def _stop_check_interval(stop_check_every: int | None, device: torch.device) -> int:
     if stop_check_every is not None:
         if stop_check_every < 1:
@@ -404,7 +399,7 @@ def decode(
 
     Sampling, when asked for, is plain temperature sampling from the full softmax, from ``generator``.
     """
-    device = input_device(model)
+    device = model_device(model)
     check_every = _stop_check_interval(stop_check_every, device)
     eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
     batch = len(rows)

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decode import decode, fast_decoder_blocker, input_device, left_pad
+from .decode import decode, fast_decoder_blocker, left_pad
 from .models import decoder_layers
+from .placement import model_device
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def generate_and_capture(
     blocker = fast_decoder_blocker(model) if fast_decoder else "switched off"
     if blocker is not None:
         return _generate_then_reforward(model, tokenizer, encoded, settings, eos_ids, pad_id, progress, blocker)
-    device = input_device(model)
+    device = model_device(model)
     means = np.zeros((len(prompts), n_layers, hidden), dtype=np.float32)
     counts = np.zeros(len(prompts), dtype=np.int64)
     responses = [""] * len(prompts)
@@ -232,7 +233,7 @@ def _generate_then_reforward(
     reason: str,
 ) -> Extraction:
     """The slow, architecture-agnostic path: HF ``generate`` per batch, then a plain forward per conversation."""
-    device = input_device(model)
+    device = model_device(model)
     answer_ids: list[list[int]] = [[] for _ in encoded]
     bar = tqdm(total=len(encoded), desc=progress if isinstance(progress, str) else "generating", disable=not progress, unit="conv")
     # ``generate`` samples from the global generator; seeded here and restored after, so a seed still repeats.
@@ -271,7 +272,7 @@ def full_conversation(model: torch.nn.Module, tokenizer: Any, messages: list[dic
         for layer in decoder_layers(model)
     ]
     try:
-        model(input_ids=ids.to(input_device(model)))
+        model(input_ids=ids.to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -297,7 +298,7 @@ def _reforward_ids(
     """``(conversations, layers, hidden)`` float32 means over answer positions, one unpadded forward each."""
     rows = []
     layers = decoder_layers(model)
-    device = input_device(model)
+    device = model_device(model)
     for prompt_ids, answer in zip(prompts_ids, responses_ids):
         ids = torch.tensor([list(prompt_ids) + list(answer)], device=device)
         captured: list[torch.Tensor] = []
