@@ -395,7 +395,7 @@ def hook_work_seconds(n_layers: int, hidden: int, batch: int, steps: int, repeat
 
     def layer_hook(index: int):
         def hook(_module: Any, _args: Any, output: Any) -> None:
-            state["acc"].add(index, _hidden_of(output).cpu())
+            state["acc"].add(index, _hidden_of(output))
 
         return hook
 

@@ -65,6 +65,8 @@ def _check(args: argparse.Namespace) -> int:
 
         print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     timings = dict(outcome.timings)
+    for note in outcome.decoder_notes():
+        print(f"decoder: {note}")
     if args.report != "none":
         start = time.perf_counter()
         path = render_report(build_report_data(outcome), Path(args.report))

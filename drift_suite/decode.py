@@ -15,6 +15,18 @@ and adds three things ``model.generate`` does not do, each measured in ``docs/be
 
 Rows that are done keep their place in the batch (the packed GEMMs need a fixed row count) and are fed the
 pad token, as ``generate`` does; decoding stops when every row is done.
+
+Everything in the loop stays on the model's device: tokens, masks and end-of-turn bookkeeping. The only
+device-to-host reads are the "has every row ended?" check (every ``stop_check_every`` steps) and the final
+tokens; greedy picking never leaves the device.
+
+**Local attention.** A sliding window (Mistral, Gemma-2/3, Phi-3, Qwen2 with ``use_sliding_window``) or an
+attention chunk is applied by transformers over cache *columns*, not over token positions. One left-padded
+prefill keeps each row's tokens in contiguous columns, so columns and positions agree; the two-stage prefill
+leaves padding between a row's shared prefix and its own suffix, so a window that binds would cover fewer real
+tokens than it should. Prefix sharing is therefore used only when the window cannot bind within the batch
+(:func:`prefix_sharing_blocker`). A model whose cache this loop cannot drive is reported by
+:func:`fast_decoder_blocker`; callers then use ``generate`` (``drift_suite.extract`` does).
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .placement import model_device
 
 PackedLinearForward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -182,6 +196,62 @@ def new_cache(model: torch.nn.Module, capacity: int) -> object:
     return cache
 
 
+def local_attention_span(model: torch.nn.Module) -> int | None:
+    """The narrowest local-attention span (sliding window or attention chunk) the model's config declares, if any.
+
+    Read from the config, not from the cache: Mistral applies its window through the mask while its cache
+    layers are plain ones. A span is counted even where ``layer_types`` marks every layer full (conservative:
+    it only costs the prefix sharing when a batch is wider than it).
+    """
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    spans = [getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+    spans = [span for span in spans if isinstance(span, int) and not isinstance(span, bool) and span > 0]
+    return min(spans, default=None)
+
+
+def prefix_sharing_blocker(model: torch.nn.Module, plan: PrefillPlan, max_new_tokens: int) -> str | None:
+    """Why ``plan`` would give wrong activations on ``model`` (a local-attention span it can exceed), else None."""
+    span = local_attention_span(model)
+    columns = plan.prefix_columns + plan.suffix_columns + max_new_tokens
+    # A query sees itself and the ``span - 1`` columns before it; ``>=`` leaves a column of margin for
+    # implementations that count the window one shorter.
+    if span is not None and columns >= span:
+        return f"prefix sharing off: attention window {span} <= {columns} columns"
+    return None
+
+
+def _dynamic_sliding_layer_class() -> type | None:
+    from transformers import cache_utils
+
+    return getattr(cache_utils, "DynamicSlidingWindowLayer", None)
+
+
+def fast_decoder_blocker(model: torch.nn.Module) -> str | None:
+    """Why :func:`decode` cannot drive ``model`` correctly, or None when it can.
+
+    The loop needs a forward that takes ``attention_mask``, ``position_ids`` and ``logits_to_keep`` and a
+    dynamic cache of plain or sliding-window attention layers (which left padding, ``batch_select_indices``
+    and a 2D padding mask handle); recurrent or other special cache layers are not driven here.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(type(base).forward).parameters
+    missing = [name for name in ("attention_mask", "position_ids", "logits_to_keep") if name not in parameters]
+    if missing:
+        return f"{type(base).__name__}.forward takes no {', '.join(missing)}"
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=base.config)
+    except Exception as error:  # noqa: BLE001 - any failure means this loop cannot build the model's cache
+        return f"cannot build its dynamic cache ({type(error).__name__})"
+    known = {_dynamic_layer_class(), _dynamic_sliding_layer_class()}
+    special = sorted({type(layer).__name__ for layer in getattr(cache, "layers", []) if type(layer) not in known})
+    if special:
+        return f"cache layers {', '.join(special)}"
+    return None
+
+
 # -- packed weights ---------------------------------------------------------------------------------------
 
 
@@ -280,6 +350,24 @@ def _positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tenso
     return (positions + (start[:, None] if isinstance(start, torch.Tensor) else start)).clamp(min=0) * mask
 
 
+def _stop_check_interval(stop_check_every: int | None, device: torch.device) -> int:
+    if stop_check_every is not None:
+        if stop_check_every < 1:
+            raise ValueError(f"stop_check_every must be at least 1, got {stop_check_every}")
+        return stop_check_every
+    # On the CPU the check costs nothing and an extra forward does; on an accelerator the check is a
+    # synchronisation that stalls the queue of kernels, and a few forwards of padding are cheap.
+    return 1 if device.type == "cpu" else 8
+
+
+def _steps_until_all_ended(tokens: torch.Tensor, eos: torch.Tensor) -> int:
+    """Columns of ``tokens`` up to and including the step at which the last row to end said its end-of-turn."""
+    ended = torch.isin(tokens, eos)
+    if not bool(ended.any(1).all()):
+        return tokens.shape[1]
+    return int(ended.int().argmax(1).max()) + 1
+
+
 @torch.inference_mode()
 def decode(
     model: torch.nn.Module,
@@ -294,20 +382,33 @@ def decode(
     generator: torch.Generator | None = None,
     share_prefixes: bool = True,
     pack_weights: bool = True,
+    stop_check_every: int | None = None,
+    on_path: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each prompt and feed every one of them back through the model.
 
     Unlike ``generate``, the last generated token is fed back too, so a forward hook sees the hidden state of
     every generated token. ``before_forward`` is called before each forward with the tokens being fed
-    (``(rows,)``), or ``None`` for the prefill. Returns ``(rows, n)`` token ids, ``n <= max_new_tokens``;
-    after a row's end-of-turn token its entries are ``pad_id``.
+    (``(rows,)``, on the model's device), or ``None`` for the prefill. Returns ``(rows, n)`` token ids on the
+    CPU, ``n <= max_new_tokens``; after a row's end-of-turn token its entries are ``pad_id``.
+
+    ``stop_check_every`` reads "has every row ended?" back from the device every that many steps (default: 1 on
+    the CPU, 8 elsewhere; 1 switches the saving off). Between checks, rows that have all ended are fed padding,
+    which ``before_forward`` sees as tokens after an end-of-turn; the tokens returned are the same.
+    ``on_path`` is told which path ran: ``"fast"``, or ``"fast (<why a speed-up was off>)"``.
 
     Sampling, when asked for, is plain temperature sampling from the full softmax, from ``generator``.
     """
-    device = next(model.parameters()).device
-    eos = torch.as_tensor(list(eos_ids), dtype=torch.long)
+    device = model_device(model)
+    check_every = _stop_check_interval(stop_check_every, device)
+    eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
     batch = len(rows)
     plan = plan_prefill(rows) if share_prefixes else None
+    path = "fast"
+    if plan is not None and (blocker := prefix_sharing_blocker(model, plan, max_new_tokens)) is not None:
+        plan, path = None, f"fast ({blocker})"
+    if on_path is not None:
+        on_path(path)
     longest_prompt = max(len(r) for r in rows)
     prompt_columns = longest_prompt if plan is None else plan.prefix_columns + plan.suffix_columns
     cache = new_cache(model, prompt_columns + max_new_tokens)
@@ -316,7 +417,7 @@ def decode(
 
     def forward(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+            input_ids=ids, attention_mask=mask, position_ids=positions,
             use_cache=True, logits_to_keep=1, **{cache_keyword: cache},
         )
         return out.logits[:, -1]
@@ -326,38 +427,40 @@ def decode(
             return logits.argmax(-1)
         # On the CPU, where ``generator`` lives, so a seed gives the same answers on any device.
         probabilities = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-        return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+        return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1).to(device)
 
     with contextlib.ExitStack() as stack:
         if pack_weights:
             stack.enter_context(packed_linears(model, batch))
         notify(None)
         if plan is None:
-            ids, mask = left_pad(rows, pad_id)
+            ids, mask = (t.to(device) for t in left_pad(rows, pad_id))
             logits = forward(ids, mask, _positions(mask))
         else:
-            prefix_ids, prefix_mask = left_pad(plan.prefixes, pad_id)
+            prefix_ids, prefix_mask = (t.to(device) for t in left_pad(plan.prefixes, pad_id))
             forward(prefix_ids, prefix_mask, _positions(prefix_mask))
-            groups = torch.as_tensor(plan.group_of_row, dtype=torch.long)
-            cache.batch_select_indices(groups.to(device))
-            suffix_ids, suffix_mask = left_pad([r[plan.prefix_length(i) :] for i, r in enumerate(rows)], pad_id)
-            prefix_lengths = torch.as_tensor([plan.prefix_length(i) for i in range(batch)], dtype=torch.long)
+            groups = torch.as_tensor(plan.group_of_row, dtype=torch.long, device=device)
+            cache.batch_select_indices(groups)
+            suffixes = [r[plan.prefix_length(i) :] for i, r in enumerate(rows)]
+            suffix_ids, suffix_mask = (t.to(device) for t in left_pad(suffixes, pad_id))
+            prefix_lengths = torch.as_tensor([plan.prefix_length(i) for i in range(batch)], dtype=torch.long, device=device)
             mask = torch.cat([prefix_mask[groups], suffix_mask], dim=1)
             logits = forward(suffix_ids, mask, _positions(suffix_mask, prefix_lengths))
         # Preallocated so each step passes a growing view instead of concatenating a new mask.
-        full_mask = torch.cat([mask, torch.ones(batch, max_new_tokens, dtype=mask.dtype)], dim=1)
+        full_mask = torch.cat([mask, mask.new_ones(batch, max_new_tokens)], dim=1)
         position = mask.sum(-1) - 1  # the last prompt token's position: one per real column
-        tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool)
-        pad = torch.tensor(pad_id)
+        tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        pad = torch.tensor(pad_id, device=device)
         for step in range(max_new_tokens):
-            fed = torch.where(finished, pad, pick(logits).cpu())
+            fed = torch.where(finished, pad, pick(logits))
             tokens[:, step] = fed
             finished |= torch.isin(fed, eos)
-            if bool(finished.all()):
+            if (step + 1) % check_every == 0 and bool(finished.all()):
                 # Every row has ended: its end-of-turn token and the padding after it are not measured.
-                return tokens[:, : step + 1]
+                break
             notify(fed)
             position = position + 1
             logits = forward(fed[:, None], full_mask[:, : mask.shape[1] + step + 1], position[:, None])
-    return tokens
+    tokens = tokens.cpu()
+    return tokens[:, : _steps_until_all_ended(tokens, torch.as_tensor(list(eos_ids), dtype=torch.long))]

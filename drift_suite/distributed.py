@@ -237,6 +237,7 @@ def measure_across_processes(
             "weights_digest": measurement.weights_digest,
             "measurement_timings": measurement.timings,
             "from_cache": measurement.from_cache,
+            "decoder": measurement.decoder,
             "timings": timings,
             "rank": process_context().rank,
         }
@@ -258,6 +259,7 @@ def measure_across_processes(
             weights_digest=fields["weights_digest"],
             timings=fields["measurement_timings"],
             from_cache=fields["from_cache"],
+            decoder=fields["decoder"],
         )
         results.append((measurement, {f"{k} (rank {fields['rank']})": v for k, v in fields["timings"].items()}))
     return results

@@ -11,6 +11,11 @@ end-of-turn token, at most ``max_new_tokens`` of them. The hidden state of a gen
 only when it is fed back in, so the decoder feeds back every generated token, the last one included (one
 forward more than ``generate`` would run; its logits are thrown away). The end-of-turn token itself is
 not averaged (the two-pass reference excludes it too).
+
+The running sums live on the model's device in float32 (whatever the model's dtype), so the hooks never copy
+to the host or synchronise; each batch comes back to the host once, at its end. A model the fast decoder
+cannot drive (:func:`drift_suite.decode.fast_decoder_blocker`) is measured with ``generate`` and a second
+forward instead, and :attr:`Extraction.decoder` says which path ran.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decode import decode
+from .decode import decode, fast_decoder_blocker, left_pad
 from .models import decoder_layers
+from .placement import model_device
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class Extraction:
     responses: list[str]
     answer_ids: list[list[int]]
     """The answer's content token ids (what was averaged over)."""
+    decoder: str = "fast"
+    """Which path produced the numbers: ``"fast"``, ``"fast (<speed-up off>: <why>)"``, or
+    ``"generate+reforward (<why>)"``; several batches' paths joined by ``"; "``."""
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
@@ -77,11 +86,15 @@ def _hidden_of(output: Any) -> torch.Tensor:
 class _AnswerAccumulator:
     """Hook state for one batch: which rows feed an answer token now, and the running sums."""
 
-    def __init__(self, batch: int, n_layers: int, hidden: int, eos_ids: list[int], max_tokens: int):
-        self.sums = torch.zeros(batch, n_layers, hidden, dtype=torch.float32)
-        self.counts = torch.zeros(batch, dtype=torch.long)
-        self.finished = torch.zeros(batch, dtype=torch.bool)
-        self.eos = torch.tensor(eos_ids, dtype=torch.long)
+    def __init__(
+        self, batch: int, n_layers: int, hidden: int, eos_ids: list[int], max_tokens: int,
+        device: torch.device | str = "cpu",
+    ):
+        # Float32 whatever the model's dtype: ~50 bf16 terms would lose the last digits that the noise floor sees.
+        self.sums = torch.zeros(batch, n_layers, hidden, dtype=torch.float32, device=device)
+        self.counts = torch.zeros(batch, dtype=torch.long, device=device)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.max_tokens = max_tokens
         self.mask: torch.Tensor | None = None
 
@@ -95,8 +108,12 @@ class _AnswerAccumulator:
         self.counts += self.mask.long()
 
     def add(self, layer: int, hidden: torch.Tensor) -> None:
+        """Add the last position's layer output of the rows feeding an answer token (nothing at the prefill)."""
         if self.mask is not None:
-            self.sums[:, layer] += hidden[:, -1].float() * self.mask[:, None]
+            last = hidden[:, -1].float()
+            if last.device != self.sums.device:  # a layer on another GPU of a device map
+                last = last.to(self.sums.device, non_blocking=True)
+            self.sums[:, layer] += last * self.mask[:, None]
 
 
 def plan_batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[list[int]]:
@@ -145,6 +162,11 @@ def generate_and_capture(
     prompts: Sequence[str],
     settings: GenerationSettings = GenerationSettings(),
     progress: bool | str | Callable[[float, int], None] = True,
+    *,
+    fast_decoder: bool = True,
+    share_prefixes: bool = True,
+    pack_weights: bool = True,
+    stop_check_every: int | None = None,
 ) -> Extraction:
     """Generate an answer to each chat-formatted prompt and average its residual stream over answer tokens.
 
@@ -152,21 +174,30 @@ def generate_and_capture(
     ``progress`` is a tqdm bar's label (or True / False), or a callback ``progress(done, total)`` called
     after every decoding step with the conversations done so far (a batch in flight counts by its share of
     ``max_new_tokens`` steps, so one big batch still gives a rate and an ETA).
+    The keywords switch the speed-ups off, one by one (each changes nothing but the time):
+    ``fast_decoder=False`` measures with ``generate`` and a second forward, the others are
+    :func:`~drift_suite.decode.decode`'s.
     """
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    blocker = fast_decoder_blocker(model) if fast_decoder else "switched off"
+    if blocker is not None:
+        return _generate_then_reforward(model, tokenizer, encoded, settings, eos_ids, pad_id, progress, blocker)
+    device = model_device(model)
     means = np.zeros((len(prompts), n_layers, hidden), dtype=np.float32)
     counts = np.zeros(len(prompts), dtype=np.int64)
     responses = [""] * len(prompts)
     answer_ids: list[list[int]] = [[] for _ in prompts]
+    paths: list[str] = []
     layers = decoder_layers(model)
     state: dict[str, _AnswerAccumulator] = {}
 
     def layer_hook(index: int):
         def hook(_module: Any, _args: Any, output: Any) -> None:
-            state["acc"].add(index, _hidden_of(output).cpu())
+            # Added where the layer ran: no copy to the host, no synchronisation.
+            state["acc"].add(index, _hidden_of(output))
 
         return hook
 
@@ -179,17 +210,21 @@ def generate_and_capture(
     done = 0
     try:
         for batch in batches:
-            acc = state["acc"] = _AnswerAccumulator(len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens)
+            acc = state["acc"] = _AnswerAccumulator(
+                len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens, device=device
+            )
             step_hook = acc.before_forward
             if report is not None:
                 step_hook = _reporting_steps(acc.before_forward, report, done, len(batch), settings.max_new_tokens, len(prompts))
             generated = decode(
                 model, [encoded[i] for i in batch], settings.max_new_tokens, eos_ids, pad_id,
                 before_forward=step_hook, do_sample=settings.do_sample,
-                temperature=settings.temperature, generator=generator,
+                temperature=settings.temperature, generator=generator, share_prefixes=share_prefixes,
+                pack_weights=pack_weights, stop_check_every=stop_check_every, on_path=paths.append,
             )
-            batch_counts = acc.counts.numpy()
-            batch_means = (acc.sums / acc.counts.clamp(min=1)[:, None, None]).numpy()
+            # The batch's one transfer to the host.
+            batch_counts = acc.counts.cpu().numpy()
+            batch_means = (acc.sums / acc.counts.clamp(min=1)[:, None, None]).cpu().numpy()
             for row, i in enumerate(batch):
                 means[i], counts[i] = batch_means[row], batch_counts[row]
                 answer = generated[row, : batch_counts[row]]
@@ -203,7 +238,57 @@ def generate_and_capture(
         for handle in handles:
             handle.remove()
         bar.close()
-    return Extraction(means, counts, responses, answer_ids)
+    return Extraction(means, counts, responses, answer_ids, decoder="; ".join(dict.fromkeys(paths)) or "fast")
+
+
+def _content_tokens(row: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
+    """Tokens before the first end-of-turn token."""
+    content = []
+    for token in row:
+        if token in eos_ids:
+            break
+        content.append(int(token))
+    return content
+
+
+def _generate_then_reforward(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    encoded: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    eos_ids: list[int],
+    pad_id: int,
+    progress: bool | str | Callable[[float, int], None],
+    reason: str,
+) -> Extraction:
+    """The slow, architecture-agnostic path: HF ``generate`` per batch, then a plain forward per conversation."""
+    device = model_device(model)
+    answer_ids: list[list[int]] = [[] for _ in encoded]
+    report = progress if callable(progress) else None
+    bar = tqdm(total=len(encoded), desc=progress if isinstance(progress, str) else "generating",
+               disable=not progress or report is not None, unit="conv")
+    # ``generate`` samples from the global generator; seeded here and restored after, so a seed still repeats.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        try:
+            for batch in plan_batches(encoded, settings):
+                ids, mask = left_pad([encoded[i] for i in batch], pad_id)
+                sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0} if settings.do_sample else {"do_sample": False}
+                generated = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=settings.max_new_tokens,
+                    pad_token_id=pad_id, eos_token_id=eos_ids, **sampling,
+                )[:, ids.shape[1] :].cpu()
+                for row, i in enumerate(batch):
+                    answer_ids[i] = _content_tokens(generated[row].tolist(), eos_ids)
+                bar.update(len(batch))
+                if report is not None:
+                    report(bar.n, len(encoded))
+        finally:
+            bar.close()
+    means = _reforward_ids(model, encoded, answer_ids)
+    responses = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answer_ids]
+    counts = np.array([len(ids) for ids in answer_ids], dtype=np.int64)
+    return Extraction(means, counts, responses, answer_ids, decoder=f"generate+reforward ({reason})")
 
 
 @torch.inference_mode()
@@ -220,7 +305,7 @@ def full_conversation(model: torch.nn.Module, tokenizer: Any, messages: list[dic
         for layer in decoder_layers(model)
     ]
     try:
-        model(input_ids=ids.to(next(model.parameters()).device))
+        model(input_ids=ids.to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -233,13 +318,22 @@ def reforward_answer_means(
 ) -> np.ndarray:
     """Two-pass reference: forward prompt + answer once more and average the answer positions.
 
-    Used to prove the one-pass capture equal; not used in measurement.
+    The reference the one-pass capture is proven equal to, and the second pass of the fallback path.
     """
+    encoded = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    return _reforward_ids(model, encoded, responses_ids)
+
+
+@torch.inference_mode()
+def _reforward_ids(
+    model: torch.nn.Module, prompts_ids: Sequence[Sequence[int]], responses_ids: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """``(conversations, layers, hidden)`` float32 means over answer positions, one unpadded forward each."""
     rows = []
     layers = decoder_layers(model)
-    for prompt, answer in zip(prompts, responses_ids):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([list(prompt_ids) + list(answer)])
+    device = model_device(model)
+    for prompt_ids, answer in zip(prompts_ids, responses_ids):
+        ids = torch.tensor([list(prompt_ids) + list(answer)], device=device)
         captured: list[torch.Tensor] = []
         handles = [layer.register_forward_hook(lambda _m, _a, out: captured.append(_hidden_of(out)[0])) for layer in layers]
         try:
@@ -248,6 +342,5 @@ def reforward_answer_means(
             for handle in handles:
                 handle.remove()
         stacked = torch.stack(captured)[:, len(prompt_ids) :, :]
-        rows.append(stacked.float().mean(dim=1).numpy() if len(answer) else np.zeros(stacked.shape[::2], np.float32))
+        rows.append(stacked.float().mean(dim=1).cpu().numpy() if len(answer) else np.zeros(stacked.shape[::2], np.float32))
     return np.stack(rows)
-

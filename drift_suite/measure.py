@@ -40,6 +40,8 @@ class Measurement:
     weights_digest: str
     timings: dict[str, float] = field(default_factory=dict)
     from_cache: bool = False
+    decoder: str = "fast"
+    """Which generation path measured it (:attr:`drift_suite.extract.Extraction.decoder`)."""
 
     @property
     def default_mean(self) -> np.ndarray:
@@ -119,22 +121,27 @@ def measure(
                 responses=json.loads(metadata["responses"]),
                 timings=timings | {"generate_and_capture_s": 0.0},
                 from_cache=True,
+                decoder=metadata.get("decoder", "fast"),
                 **common,
             )
     start = time.perf_counter()
-    means, token_counts, responses, batch_keys = _generate_by_batch(loaded, conversations, settings, cache_dir, key, progress)
+    means, token_counts, responses, batch_keys, decoder = _generate_by_batch(
+        loaded, conversations, settings, cache_dir, key, progress
+    )
     timings["generate_and_capture_s"] = time.perf_counter() - start
     if cache_dir is not None:
         stored = cache.store(
             Path(cache_dir),
             key,
             {"means": means, "token_counts": token_counts},
-            {"responses": json.dumps(responses), "model": json.dumps(loaded.info.to_dict())},
+            {"responses": json.dumps(responses), "model": json.dumps(loaded.info.to_dict()), "decoder": decoder},
         )
         if stored is not None:  # the whole is cached: its parts would only take space
             for part_key in batch_keys:
                 cache.discard(Path(cache_dir), part_key)
-    return Measurement(means=means, token_counts=token_counts, responses=responses, timings=timings, **common)
+    return Measurement(
+        means=means, token_counts=token_counts, responses=responses, timings=timings, decoder=decoder, **common
+    )
 
 
 def batch_key(key: str, batch: list[int]) -> str:
@@ -150,11 +157,12 @@ def _generate_by_batch(
     cache_dir: Path | None,
     key: str,
     progress: bool | str | ProgressCallback,
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], str]:
     """Generate and capture batch by batch, caching each finished batch, so an interrupted measurement
     resumes where it stopped; batches already in the cache are not generated again.
 
-    Returns means, token counts and responses in conversation order, and the batches' cache keys.
+    Returns means, token counts and responses in conversation order, the batches' cache keys, and the
+    decoder paths that ran (:attr:`~drift_suite.extract.Extraction.decoder`, joined).
     """
     prompts = render_prompts(loaded.tokenizer, conversations)
     encoded = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -163,6 +171,7 @@ def _generate_by_batch(
     means = np.zeros((len(prompts), config.num_hidden_layers, config.hidden_size), dtype=np.float32)
     token_counts = np.zeros(len(prompts), dtype=np.int64)
     responses = [""] * len(prompts)
+    paths: list[str] = []
 
     def fill(batch: list[int], batch_means: np.ndarray, batch_counts: np.ndarray, batch_responses: list[str]) -> None:
         means[batch], token_counts[batch] = batch_means, batch_counts
@@ -174,6 +183,7 @@ def _generate_by_batch(
         hit = cache.load(Path(cache_dir), batch_key(key, batch)) if cache_dir is not None else None
         if hit is not None and hit[0]["means"].shape == (len(batch), *means.shape[1:]):
             fill(batch, hit[0]["means"], hit[0]["token_counts"], json.loads(hit[1]["responses"]))
+            paths.append(hit[1].get("decoder", "fast"))
         else:
             todo.append((index, batch))
     done = len(prompts) - sum(len(batch) for _, batch in todo)
@@ -186,13 +196,15 @@ def _generate_by_batch(
             step_report = False if report is None else (lambda d, _total, before=done: report(before + d, len(prompts)))
             part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=step_report)
             fill(batch, part.means, part.token_counts, part.responses)
+            paths.append(part.decoder)
             if cache_dir is not None and batch is not todo[-1][1]:  # the last one is cached whole, next
                 cache.store(
                     Path(cache_dir),
                     batch_key(key, batch),
                     {"means": part.means, "token_counts": part.token_counts},
-                    {"responses": json.dumps(part.responses)},
+                    {"responses": json.dumps(part.responses), "decoder": part.decoder},
                 )
             bar.update(len(batch))
             done += len(batch)
-    return means, token_counts, responses, [batch_key(key, batch) for batch in batches]
+    decoder = "; ".join(dict.fromkeys("; ".join(paths).split("; "))) if paths else "fast"
+    return means, token_counts, responses, [batch_key(key, batch) for batch in batches], decoder

@@ -344,5 +344,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         write(f"  ... and {len(failed) - 5} more (see the report)")
     timing = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome.timings.items())
     write(f"timings: {timing}")
+    for note in outcome.decoder_notes():
+        write(f"decoder: {note}")
     if drift_session.report_path is not None:
         write(f"report: {drift_session.report_path.resolve().as_uri()}")

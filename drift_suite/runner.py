@@ -86,6 +86,10 @@ class DriftOutcome:
     def final(self) -> StepResult:
         return self.steps[-1]
 
+    def decoder_notes(self) -> list[str]:
+        """Each generation path other than the plain fast one that measured a step, with why (summary lines)."""
+        return [d for d in dict.fromkeys(result.measurement.decoder for result in self.steps) if d != "fast"]
+
     def gate_checks(self) -> list[Check]:
         """One check per (family, subject): the worst over steps, so the gate names the step that failed."""
         worst: dict[tuple[str, str], Check] = {}

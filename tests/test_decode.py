@@ -130,17 +130,39 @@ def test_packing_is_skipped_without_memory_for_the_copy(tiny, monkeypatch):
         assert not any("forward" in m.__dict__ for m in tiny.model.modules())
 
 
-def test_each_speedup_leaves_the_measured_means_unchanged(tiny, tiny_personas, monkeypatch):
-    from drift_suite import extract
+@pytest.mark.parametrize(
+    "switched_off",
+    [
+        {"share_prefixes": False, "pack_weights": False},
+        {"stop_check_every": 4},  # the accelerator default (8 there) run on the CPU: rows fed padding after ending
+        {"fast_decoder": False},
+    ],
+    ids=["prefixes-and-packing", "lazy-stop-check", "fast-decoder"],
+)
+def test_each_speedup_leaves_the_measured_means_unchanged(tiny, tiny_personas, switched_off):
     from drift_suite.extract import GenerationSettings, generate_and_capture
 
     prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 2, 3)))
     settings = GenerationSettings(max_new_tokens=8)
     fast = generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False)
-    monkeypatch.setattr(extract, "decode", lambda *a, **k: decode(*a, **k, share_prefixes=False, pack_weights=False))
-    plain = generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False)
+    plain = generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False, **switched_off)
+    assert fast.decoder == "fast"
+    assert plain.decoder.startswith("generate+reforward") == ("fast_decoder" in switched_off)
     assert fast.answer_ids == plain.answer_ids
     np.testing.assert_allclose(fast.means, plain.means, rtol=1e-5, atol=1e-6)
+    assert list(fast.token_counts) == list(plain.token_counts)
+
+
+def test_a_lazy_stop_check_returns_the_same_tokens(tiny, prompt_rows):
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+    first = decode(model, prompt_rows, 3, [], pad)
+    second_tokens = sorted(set(first[:, 1].tolist()))  # every row ends at its second token
+    every_step = decode(model, prompt_rows, 12, second_tokens, pad, stop_check_every=1)
+    fed: list[torch.Tensor | None] = []
+    lazy = decode(model, prompt_rows, 12, second_tokens, pad, stop_check_every=5, before_forward=fed.append)
+    assert every_step.shape == (len(prompt_rows), 2) and torch.equal(lazy, every_step)
+    assert len(fed) == 5, "the prefill and four fed steps: the check runs after the fifth pick"
+    assert all(bool((f == pad).all()) for f in fed[3:]), "after every row ended, only padding is fed"
 
 
 def test_stops_as_soon_as_every_row_has_ended(tiny, prompt_rows):
@@ -164,3 +186,34 @@ def test_sampling_is_seeded_and_tends_to_greedy_at_low_temperature(tiny, prompt_
     assert torch.equal(sample(1, 1.0), sample(1, 1.0))
     assert not torch.equal(sample(1, 1.0), sample(2, 1.0))
     assert torch.equal(sample(3, 1e-8), decode(model, prompt_rows, 8, [], pad))
+
+
+def test_the_loop_and_the_capture_read_nothing_back_but_the_stop_check(tiny, tiny_personas, monkeypatch):
+    """On an accelerator every read of a tensor's value on the host is a synchronisation. Counted on the CPU,
+    inside the decoding loop and the capture hooks: one read per ``stop_check_every`` steps, none per layer."""
+    from pathlib import Path
+
+    from drift_suite import extract
+    from drift_suite.extract import GenerationSettings, generate_and_capture
+
+    ours = {str(Path(decode_module.__file__).resolve()), str(Path(extract.__file__).resolve())}
+    loop_functions = {"decode", "forward", "pick", "before_forward", "add", "hook"}
+    reads: list[str] = []
+
+    def counting(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = __import__("sys")._getframe(1).f_code
+            if str(Path(caller.co_filename).resolve()) in ours and caller.co_name in loop_functions:
+                reads.append(f"{caller.co_name}:{name}")
+            return real(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 1, 2)))
+    settings = GenerationSettings(max_new_tokens=12)
+    generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False, stop_check_every=4)
+    assert reads == ["decode:__bool__"] * 3 + ["decode:cpu"], "three stop checks and the tokens at the end"

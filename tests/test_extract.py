@@ -80,3 +80,35 @@ def test_full_conversation_shape_and_agrees_with_layer_outputs(tiny):
     # hidden_states[i + 1] is layer i's output, except the last entry, which has the final norm applied
     np.testing.assert_allclose(stack[0].numpy(), hidden[1][0].numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(stack[-1].numpy(), hidden[-1][0].numpy(), atol=1e-3)
+
+
+def test_the_path_taken_reaches_the_measurement_and_its_cache(tiny, tiny_personas, tmp_path, monkeypatch):
+    from drift_suite.measure import measure
+
+    monkeypatch.setattr(extract, "fast_decoder_blocker", lambda _model: "a stand-in reason")
+    design, settings = Design(3, 1, 2), GenerationSettings(max_new_tokens=4)
+    first = measure(tiny, tiny_personas, design, settings, cache_dir=tmp_path, progress=False)
+    again = measure(tiny, tiny_personas, design, settings, cache_dir=tmp_path, progress=False)
+    assert first.decoder == "generate+reforward (a stand-in reason)"
+    assert again.from_cache and again.decoder == first.decoder
+
+
+def test_sums_stay_float32_when_the_model_runs_in_bfloat16():
+    """48 bf16 hidden states per row are summed in float32: exact to float32 rounding, where a bf16 running sum
+    would be off by ~1e-2 relative."""
+    torch.manual_seed(0)
+    steps, batch, layers, hidden = 48, 3, 2, 16
+    states = [torch.randn(batch, 1, hidden).to(torch.bfloat16) for _ in range(steps)]
+    acc = extract._AnswerAccumulator(batch, layers, hidden, eos_ids=[2], max_tokens=steps)
+    for state in states:
+        acc.before_forward(torch.full((batch,), 7))
+        for layer in range(layers):
+            acc.add(layer, state)
+    exact = torch.stack([s[:, -1].double() for s in states]).sum(0)
+    assert acc.sums.dtype == torch.float32 and list(acc.counts) == [steps] * batch
+    for layer in range(layers):
+        torch.testing.assert_close(acc.sums[:, layer].double(), exact, rtol=1e-6, atol=1e-5)
+    bf16_running = torch.zeros(batch, hidden, dtype=torch.bfloat16)
+    for state in states:
+        bf16_running += state[:, -1]
+    assert not torch.allclose(bf16_running.double(), exact, rtol=1e-6, atol=1e-5), "the test can tell the two apart"
