@@ -343,7 +343,7 @@ def train_adapter(args: argparse.Namespace, kind: str, save_steps: list[int], lr
         log.append(float(loss))
         print(f"{kind} step {step}: loss {float(loss):.3f}", flush=True)
         if step in save_steps:
-            out = args.artifacts / f"{kind}-step{step}"
+            out = args.artifacts / (f"{kind}-step{step}" + ("" if lr == 1e-3 else f"-lr{lr:g}"))
             model.save_pretrained(out)
             adapter_config = json.loads((out / "adapter_config.json").read_text())
             assert adapter_config["base_model_name_or_path"] == str(args.model), adapter_config
@@ -353,8 +353,11 @@ def train_adapter(args: argparse.Namespace, kind: str, save_steps: list[int], lr
 
 def run_train(args: argparse.Namespace) -> None:
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    train_adapter(args, "pirate", save_steps=[6, 12, 24], lr=args.lr)
-    train_adapter(args, "neutral", save_steps=[24], lr=args.lr)
+    plan = {"pirate": [6, 12, 24], "neutral": [24]}
+    if args.kind:
+        plan = {args.kind: [int(step) for step in args.save_steps.split(",")]}
+    for kind, save_steps in plan.items():
+        train_adapter(args, kind, save_steps=save_steps, lr=args.lr)
 
 
 # ----------------------------------------------------------------------------------------------- detection
@@ -367,10 +370,10 @@ def run_detect(args: argparse.Namespace, results: dict[str, Any]) -> None:
     base = measure(load_model(args.model), persona_set, config.design, config.generation, cache_dir=args.cache_dir, progress=False)
     # strongest persona fine-tune and the neutral one first: the weaker persona steps only locate the onset
     adapters = sorted((p for p in args.artifacts.iterdir() if (p / "adapter_config.json").is_file()),
-                      key=lambda p: (-int(p.name.split("step")[1]), p.name.split("-")[0] != "pirate"))
+                      key=lambda p: (-int(re.search(r"step(\d+)", p.name).group(1)), p.name.split("-")[0] != "pirate", p.name))
     for adapter in adapters:
         name = f"LoRA {adapter.name}"
-        if name in results.setdefault("detection", {}) and not args.force:
+        if not re.search(args.only, adapter.name) or (name in load_results(args.results).get("detection", {}) and not args.force):
             continue
         start = time.perf_counter()
         measurement = measure(load_model(adapter), persona_set, config.design, config.generation, cache_dir=args.cache_dir,
@@ -380,7 +383,7 @@ def run_detect(args: argparse.Namespace, results: dict[str, Any]) -> None:
                   "final_loss": training["loss"][-1], "seconds": time.perf_counter() - start,
                   **summarize(baseline, compare(baseline, measurement, config.thresholds)),
                   "answers": answer_changes(base, measurement)}
-        results["detection"][name] = record
+        results.setdefault("detection", {})[name] = record
         save_results(args.results, results)
         print(f"{name}: {'PASS' if record['passed'] else 'FAIL'} failed={record['failed']} "
               f"proj {record['projection_worst_signed_sigma']:+.2f}σ ({record['projection_direction']}) "
@@ -438,7 +441,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("docs/validation.json"))
     parser.add_argument("--artifacts", type=Path, default=Path("/work/validation-artifacts"))
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (train)")
-    parser.add_argument("--only", default="", help="regex: run only the false-alarm runs whose name matches")
+    parser.add_argument("--only", default="", help="regex: run only the false-alarm runs / adapters whose name matches")
+    parser.add_argument("--kind", choices=["pirate", "neutral"], help="train only this adapter kind (with --save-steps)")
+    parser.add_argument("--save-steps", default="3,6,12", help="with --kind: steps at which to save an adapter")
     parser.add_argument("--reverse", action="store_true", help="false alarms in reverse order (a second process)")
     parser.add_argument("--force", action="store_true", help="redo runs already in the results file")
     parser.add_argument("--threads", type=int, default=1,
