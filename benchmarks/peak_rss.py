@@ -55,8 +55,9 @@ def main(argv: list[str]) -> dict[str, float | str | bool | None]:
 
     settings = replace(SETTINGS, batch_size=int(argv[3])) if len(argv) > 3 else SETTINGS
     from drift_suite.models import load_model
+    from drift_suite.placement import resolve_placement
 
-    loaded = load_model(model_dir, dtype=torch.float32)
+    loaded = load_model(model_dir, placement=resolve_placement("cpu", "float32"))
     prompts = benchmark_prompts(loaded.tokenizer)
     with torch.no_grad():
         for parameter in loaded.model.parameters():  # page the memory-mapped weights in

@@ -36,6 +36,7 @@ from drift_suite.extract import GenerationSettings
 from drift_suite.measure import Measurement, measure
 from drift_suite.models import LoadedModel, decoder_layers, embedding_fingerprint, load_model, weights_digest
 from drift_suite.personas import DEFAULT_ROLE, PersonaSet, builtin_persona_set
+from drift_suite.placement import resolve_placement
 
 FAMILIES = ("projection", "rotation", "accessibility")
 PIRATE_WORDS = re.compile(r"\b(arr+|matey|ahoy|yo ho|hearties|landlubbers?|doubloons?|ye|yer|be makin')\b", re.IGNORECASE)
@@ -161,6 +162,10 @@ def false_alarm_runs() -> list[tuple[str, str, dict[str, Any]]]:
         shuffled[1],
         ("batch_size 64", "batching", {"settings": {"batch_size": 64}}),
         *noise[6:],
+        ("batch_size 32", "batching", {"settings": {"batch_size": 32}}),
+        ("max_batch_tokens 8192", "batching", {"settings": {"max_batch_tokens": 8192}}),
+        ("2 torch threads, batch_size 64", "threads", {"threads": 2, "settings": {"batch_size": 64}}),
+        *[(f"weight noise 0.0001 × std, seed {seed}", "weight noise", {"noise": 1e-4, "seed": seed}) for seed in (4, 5, 6)],
         *shuffled[2:],
     ]
 
@@ -171,7 +176,7 @@ def run_false_alarms(args: argparse.Namespace, results: dict[str, Any], dtype: t
     shipped = load_baseline(args.baseline_dir)
     persona_set = builtin_persona_set()
     original: dict[str, torch.Tensor] | None = None
-    loaded = load_model(args.model, dtype=dtype)
+    loaded = load_model(args.model, placement=resolve_placement("cpu", str(dtype).removeprefix("torch.")))
     digest = weights_digest(loaded.model) if dtype == torch.float32 else None
     if digest is not None:
         results["base_digest_matches_baseline"] = digest == shipped.manifest["model"]["weights_sha256"]
