@@ -53,9 +53,14 @@ def test_regenerated_baseline_equals_shipped_and_passes(demo_model_dir, tmp_path
     result = suite("--checkpoint", str(demo_model_dir), "--baseline-dir", str(fresh), "--update-baselines", "--drift-report", "none")
     assert result.returncode == 0, result.stdout[-3000:]
     shipped, regenerated = load_baseline(SHIPPED), load_baseline(fresh)
-    np.testing.assert_allclose(regenerated.default_mean, shipped.default_mean, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(regenerated.role_means, shipped.role_means, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(regenerated.noise.projection, shipped.noise.projection, atol=1e-6, rtol=0)
+    # To 1e-6 of each array's largest value, i.e. a few float32 ulps: the residual stream reaches ~580, where
+    # one ulp is 6e-5, and the same fp32 code on another CPU (the shipped baseline: an Intel Xeon; this
+    # project's machines are also AMD EPYCs) rounds its GEMMs differently by about that much.
+    for name in ("default_mean", "role_means"):
+        fresh_values, shipped_values = getattr(regenerated, name), getattr(shipped, name)
+        np.testing.assert_allclose(fresh_values, shipped_values, atol=1e-6 * np.abs(shipped_values).max(), rtol=0, err_msg=name)
+    projection_noise = shipped.noise.projection
+    np.testing.assert_allclose(regenerated.noise.projection, projection_noise, atol=1e-6 * np.abs(projection_noise).max(), rtol=0)
     assert regenerated.manifest["persona_set"] == shipped.manifest["persona_set"]
 
 
