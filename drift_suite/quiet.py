@@ -14,24 +14,44 @@ from typing import Iterator
 NOISY_DEPENDENCIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "gguf")
 """Packages whose deprecation notices are about their own internals, which a drift_suite user cannot act on."""
 
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
-"""Loggers that warn at import on a CPU machine about kernels drift_suite never uses (bitsandbytes' probe for
-its optional ``kernels`` package: "Failed to load CPU gemm_4bit_forward", whenever PEFT or TRL import it)."""
+KNOWN_MESSAGES = (
+    # Raised once per scripted method while TRL / transformers import, from wherever the method lives.
+    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+    # transformers 5 renamed the attribute that TRL and PEFT still read, once per save.
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+)
+"""Dependency warnings ignored by message, whichever module they are attributed to."""
+
+QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",)}
+"""Log messages dropped, by logger: bitsandbytes' import-time probe for its optional ``kernels`` package, which
+warns on every CPU machine whenever PEFT or TRL import it, about kernels drift_suite never uses. Only these
+messages: anything else the logger says still shows."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
 
 
 @contextlib.contextmanager
 def quiet_dependencies() -> Iterator[None]:
-    """Ignore deprecation warnings raised inside :data:`NOISY_DEPENDENCIES`; raise :data:`QUIET_LOGGERS` to ERROR."""
-    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
-    levels = [logger.level for logger in loggers]
+    """Ignore deprecation warnings raised inside :data:`NOISY_DEPENDENCIES` and :data:`KNOWN_MESSAGES`; drop
+    :data:`QUIET_LOGGERS`' messages. Everything is restored on exit."""
+    filters = [(logging.getLogger(name), _DropMessages(starts)) for name, starts in QUIET_LOGGERS.items()]
     with warnings.catch_warnings():
         for package in NOISY_DEPENDENCIES:
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.filterwarnings("ignore", category=category, module=rf"{package}(\.|$)")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
+        for message, category in KNOWN_MESSAGES:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger, log_filter in filters:
+            logger.addFilter(log_filter)
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+            for logger, log_filter in filters:
+                logger.removeFilter(log_filter)

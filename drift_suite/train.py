@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import logging
 import math
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .cache import atomic_write_bytes
 from .errors import CheckpointError, DriftSuiteError
+from .quiet import quiet_dependencies
 
 if TYPE_CHECKING:  # heavy imports stay out of `--help` and of config errors
     import datasets
@@ -537,38 +536,16 @@ def run(args: TrainArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``drift-suite train`` / ``python -m drift_suite.train``: returns the exit code (2 on user errors)."""
-    quiet_dependencies()
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return run(args)
-    except DriftSuiteError as exc:
-        from .distributed import is_main_process
+    with quiet_dependencies():
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+        try:
+            return run(args)
+        except DriftSuiteError as exc:
+            from .distributed import is_main_process
 
-        if is_main_process():  # every rank hits the same argument error; one line is enough
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str):
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
-
-
-def quiet_dependencies() -> None:
-    """Silence known dependency noise in ``drift-suite train`` only (narrowly: these messages, nothing else).
-
-    * ``torch.jit.script_method`` deprecation, raised once per scripted method while TRL/transformers import;
-    * transformers' ``is_gradient_checkpointing`` rename, read by TRL / PEFT on every save;
-    * bitsandbytes' probe for an optional CPU kernel package, logged as a warning on every CPU-only import.
-    """
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
-    # transformers 5 renamed the attribute that TRL / PEFT still read, once per save.
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("Failed to load CPU gemm_4bit_forward"))
+            if is_main_process():  # every rank hits the same argument error; one line is enough
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -171,23 +171,24 @@ def test_training_log_is_one_line_per_log_and_full_in_jsonl(tmp_path):
     assert len(lines) == 3 and len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 3
 
 
-def test_train_entry_point_silences_known_dependency_noise_only(monkeypatch):
+def test_train_entry_point_silences_known_dependency_noise_only():
     import logging
     import warnings
 
-    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+    from drift_suite.quiet import quiet_dependencies
+
+    assert train.quiet_dependencies is quiet_dependencies  # the one filter set of the CLI and the plugin
     bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    monkeypatch.setattr(bnb, "filters", list(bnb.filters))
-    train.quiet_dependencies()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        train.quiet_dependencies()  # catch_warnings reset the filters; install them again inside
-        warnings.warn("`torch.jit.script_method` is deprecated. Please switch to `torch.compile`", DeprecationWarning)
-        warnings.warn("something else is deprecated", DeprecationWarning)
-    assert [str(w.message) for w in caught] == ["something else is deprecated"]
     probe = logging.LogRecord(bnb.name, logging.WARNING, "ops.py", 1, "Failed to load CPU gemm_4bit_forward from kernels-community: %s", ("x",), None)
     other = logging.LogRecord(bnb.name, logging.WARNING, "ops.py", 1, "a real bitsandbytes problem", (), None)
-    assert not bnb.filter(probe) and bnb.filter(other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        with quiet_dependencies():
+            warnings.warn("`torch.jit.script_method` is deprecated. Please switch to `torch.compile`", DeprecationWarning)
+            warnings.warn("something else is deprecated", DeprecationWarning)
+            assert not bnb.filter(probe) and bnb.filter(other)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]
+    assert bnb.filter(probe)  # restored on exit
 
 
 def test_dataset_flags_pick_the_problems(tmp_path):
