@@ -147,6 +147,15 @@ def check_model_dir(path: Path) -> None:
             )
 
 
+def check_if_local(spec: str, role: str) -> None:
+    """A one-line error naming ``role`` when ``spec`` names a local model dir that is not usable (hub ids load later)."""
+    if looks_like_path(spec):
+        try:
+            check_model_dir(Path(spec).expanduser())
+        except CheckpointError as exc:
+            raise CheckpointError(f"{role}: {exc} (pass --base-model)") from None
+
+
 def from_pretrained_checked(source: str, dtype: torch.dtype, trust_remote_code: bool, revision: str | None, **kwargs: Any):
     """``AutoModelForCausalLM.from_pretrained`` on safetensors only, failures as one-line CheckpointErrors."""
     from transformers import AutoModelForCausalLM
@@ -224,12 +233,8 @@ def load_model(
         if (path / "adapter_config.json").is_file():
             adapter_dir = path
             base = adapter_base_model(path, base_model)
-            if looks_like_path(str(base)):
-                try:
-                    check_model_dir(Path(base).expanduser())
-                except CheckpointError as exc:
-                    raise CheckpointError(f"base model of adapter {path}: {exc} (pass --base-model)") from None
-            source = str(base)
+            check_if_local(base, f"base model of adapter {path}")
+            source = base
         else:
             source = str(path)
     else:

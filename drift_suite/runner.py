@@ -36,6 +36,7 @@ from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci
 from .models import (
     LoadedModel,
     adapter_base_model,
+    check_if_local,
     check_model_dir,
     embedding_fingerprint,
     find_run_checkpoints,
@@ -219,9 +220,9 @@ class DriftCheck:
             if looks_like_path(path):
                 check_model_dir(Path(path).expanduser())
                 if (Path(path).expanduser() / "adapter_config.json").is_file():
-                    _check_if_local(adapter_base_model(Path(path).expanduser(), self.base_model), f"base model of adapter {path}")
+                    check_if_local(adapter_base_model(Path(path).expanduser(), self.base_model), f"base model of adapter {path}")
         if self.update_baseline:
-            _check_if_local(self.reference_model(), "reference model for --update-baselines")
+            check_if_local(self.reference_model(), "reference model for --update-baselines")
         else:
             self.check_placement_early(self.stored_baseline())
 
@@ -372,15 +373,6 @@ def _manifest_model(manifest: Path) -> str:
         return str(json.loads(manifest.read_text())["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{manifest}: unreadable run manifest ({type(exc).__name__}); pass --base-model") from None
-
-
-def _check_if_local(spec: str, role: str) -> None:
-    """A one-line error when ``spec`` names a local model dir that is not there (hub ids load later)."""
-    if looks_like_path(spec):
-        try:
-            check_model_dir(Path(spec).expanduser())
-        except CheckpointError as exc:
-            raise CheckpointError(f"{role}: {exc} (pass --base-model)") from None
 
 
 def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
