@@ -238,7 +238,14 @@ def generate_and_capture(
         for handle in handles:
             handle.remove()
         bar.close()
-    return Extraction(means, counts, responses, answer_ids, decoder="; ".join(dict.fromkeys(paths)) or "fast")
+    return Extraction(means, counts, responses, answer_ids, decoder=join_decoder_paths(paths))
+
+
+def join_decoder_paths(paths: Sequence[str]) -> str:
+    """The decoder paths that ran, each named once in order of first use (``"fast"`` when none is named).
+
+    A path may itself be a ``"; "``-joined list (an :attr:`Extraction.decoder` of several batches)."""
+    return "; ".join(dict.fromkeys(part for path in paths for part in path.split("; "))) or "fast"
 
 
 def _content_tokens(row: Sequence[int], eos_ids: Sequence[int]) -> list[int]:

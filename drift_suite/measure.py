@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, cache
 from .conversations import Conversation, Design, build_conversations, render_prompts
-from .extract import GenerationSettings, generate_and_capture, plan_batches
+from .extract import GenerationSettings, generate_and_capture, join_decoder_paths, plan_batches
 from .metrics import assistant_axis, group_means
 from .models import LoadedModel, weights_digest
 from .personas import DEFAULT_ROLE, PersonaSet
@@ -206,5 +206,4 @@ def _generate_by_batch(
                 )
             bar.update(len(batch))
             done += len(batch)
-    decoder = "; ".join(dict.fromkeys("; ".join(paths).split("; "))) if paths else "fast"
-    return means, token_counts, responses, [batch_key(key, batch) for batch in batches], decoder
+    return means, token_counts, responses, [batch_key(key, batch) for batch in batches], join_decoder_paths(paths)
