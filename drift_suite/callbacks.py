@@ -119,7 +119,9 @@ class DriftProbeCallback(TrainerCallback):
             with torch.inference_mode():
                 prompts = render_prompts(tokenizer, conversations)
                 # Not measure(): it hashes every weight for its cache key, costly for a 2B model each probe.
-                extraction = generate_and_capture(target, tokenizer, prompts, self.settings, progress=False)
+                # No CUDA graphs inside a training run: a capture would hold a memory pool beside the
+                # optimizer's and must not overlap other streams' work (DDP's); the probe is a few batches.
+                extraction = generate_and_capture(target, tokenizer, prompts, self.settings, progress=False, cuda_graphs=False)
         finally:
             model.train(was_training)
         default_mean = extraction.means[labels == DEFAULT_ROLE].mean(axis=0)

@@ -20,6 +20,20 @@ Everything in the loop stays on the model's device: tokens, masks and end-of-tur
 device-to-host reads are the "has every row ended?" check (every ``stop_check_every`` steps) and the final
 tokens; greedy picking never leaves the device.
 
+**On a GPU** a decoding step of a large batch is short, and launching its few thousand kernels one by one
+from Python costs more than running them. Two more things are done there (both switchable, both checked on
+the CPU to give the growing cache's tokens and means on every architecture):
+
+* **Fixed-shape steps** (``static_cache``): after the prefill the prompt's cache moves into preallocated
+  full-size layers (transformers' ``StaticLayer``, which keeps its write position on the device), and every
+  step passes the same full-width mask. transformers then never reads the mask back to the host to decide
+  whether it can skip it (``_ignore_causal_mask_sdpa`` does, once a step, on a growing cache), and every
+  step has the same shapes.
+* **CUDA graphs** (``cuda_graphs``): after :data:`WARMUP_STEPS` eager steps on a side stream, one step
+  (feeding the tokens, the forward with its capture hooks, picking the next tokens) is recorded as a CUDA
+  graph and replayed for every later step: one launch instead of one per kernel. A step that cannot be
+  captured (some op reads a value back) is run eagerly instead, and the path says why.
+
 **Local attention.** A sliding window (Mistral, Gemma-2/3, Phi-3, Qwen2 with ``use_sliding_window``) or an
 attention chunk is applied by transformers over cache *columns*, not over token positions. One left-padded
 prefill keeps each row's tokens in contiguous columns, so columns and positions agree; the two-stage prefill
@@ -368,6 +382,105 @@ def _steps_until_all_ended(tokens: torch.Tensor, eos: torch.Tensor) -> int:
     return int(ended.int().argmax(1).max()) + 1
 
 
+def is_end_of_turn(tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """``torch.isin(tokens, eos)`` by broadcasting: never the sorting kernel, which reads sizes back on a GPU."""
+    return (tokens[..., None] == eos).any(-1)
+
+
+# -- fixed-shape steps: static cache and CUDA graphs -----------------------------------------------------
+
+
+def _static_layer_class() -> type | None:
+    """transformers' ``StaticLayer`` where it keeps its write position on the device (transformers 5)."""
+    from transformers import cache_utils
+
+    layer = getattr(cache_utils, "StaticLayer", None)
+    try:
+        on_device = isinstance(getattr(layer(max_cache_len=1), "cumulative_length", None), torch.Tensor)
+    except TypeError:  # no StaticLayer, or one built differently (transformers 4: from a config)
+        on_device = False
+    return layer if on_device else None
+
+
+def static_cache_blocker(model: torch.nn.Module, columns: int) -> str | None:
+    """Why a batch of ``columns`` cache columns cannot decode in fixed-shape steps on ``model``, else None.
+
+    The static cache here is plain full-attention layers, so a local-attention span that can bind within the
+    batch (which transformers' own sliding static layers track with host-side counters) keeps the growing
+    cache; so does a model spread over several devices, and a transformers without a device-side position.
+    """
+    if _static_layer_class() is None:
+        import transformers
+
+        return f"static cache off: transformers {transformers.__version__} keeps its position on the host"
+    span = local_attention_span(model)
+    if span is not None and columns >= span:
+        return f"static cache off: attention window {span} <= {columns} columns"
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        return f"static cache off: the model spans {len(devices)} devices"
+    return None
+
+
+def to_static_cache(cache: object, capacity: int) -> object:
+    """The filled layers of a dynamic ``cache`` moved into full-attention static layers of ``capacity`` columns.
+
+    Layer by layer, each dynamic layer's buffers freed as soon as they are copied, so the copy costs at most one
+    layer of memory beyond the static cache itself. Only for a cache whose local-attention span cannot bind
+    (:func:`static_cache_blocker`): a sliding layer then still holds every column, like a full one.
+    """
+    from transformers.cache_utils import Cache
+
+    static_layer = _static_layer_class()
+    layers = []
+    for layer in cache.layers:
+        static = static_layer(max_cache_len=capacity)
+        static.update(layer.keys, layer.values)
+        layers.append(static)
+        layer.keys = layer.values = None
+        for name in ("_key_buffer", "_value_buffer"):
+            if hasattr(layer, name):
+                setattr(layer, name, None)
+    return Cache(layers=layers)
+
+
+def cuda_graph_blocker(model: torch.nn.Module, do_sample: bool) -> str | None:
+    """Why the fixed-shape step of ``model`` is not captured as a CUDA graph, else None."""
+    device = model_device(model)
+    if device.type != "cuda":
+        return "CUDA graphs off: not on a CUDA device"
+    if do_sample:
+        return "CUDA graphs off: sampling draws on the host"
+    return None
+
+
+@dataclass
+class _CapturedStep:
+    """A decode step recorded as a CUDA graph; :meth:`run` replays it."""
+
+    graph: object
+
+    def run(self) -> None:
+        self.graph.replay()
+
+
+def capture_step(step: Callable[[], None], device: torch.device) -> _CapturedStep:
+    """Record ``step`` (one decode step on fixed buffers) as a CUDA graph, without running it.
+
+    Every tensor the step reads or writes must already exist and be updated in place; anything that reads a
+    value back to the host fails the capture, and the caller then runs the step eagerly.
+    """
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.device(device), torch.cuda.graph(graph):
+        step()
+    return _CapturedStep(graph)
+
+
+WARMUP_STEPS = 2
+"""Decode steps run eagerly (on a side stream, as CUDA graph capture wants) before the step is captured:
+lazy initialisations (cuBLAS workspaces, kernels' first-call set-up) must not happen inside a capture."""
+
+
 @torch.inference_mode()
 def decode(
     model: torch.nn.Module,
@@ -377,25 +490,34 @@ def decode(
     pad_id: int,
     *,
     before_forward: Callable[[torch.Tensor | None], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     share_prefixes: bool = True,
     pack_weights: bool = True,
     stop_check_every: int | None = None,
+    static_cache: bool | None = None,
+    cuda_graphs: bool | None = None,
     on_path: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each prompt and feed every one of them back through the model.
 
     Unlike ``generate``, the last generated token is fed back too, so a forward hook sees the hidden state of
     every generated token. ``before_forward`` is called before each forward with the tokens being fed
-    (``(rows,)``, on the model's device), or ``None`` for the prefill. Returns ``(rows, n)`` token ids on the
-    CPU, ``n <= max_new_tokens``; after a row's end-of-turn token its entries are ``pad_id``.
+    (``(rows,)``, on the model's device), or ``None`` for the prefill; it must only do tensor work in place
+    (under CUDA graphs it runs once, at capture, and its kernels are replayed each step). ``on_step(n)`` is
+    called on the host after each of the ``n`` decoding steps. Returns ``(rows, n)`` token ids on the CPU,
+    ``n <= max_new_tokens``; after a row's end-of-turn token its entries are ``pad_id``.
 
     ``stop_check_every`` reads "has every row ended?" back from the device every that many steps (default: 1 on
     the CPU, 8 elsewhere; 1 switches the saving off). Between checks, rows that have all ended are fed padding,
     which ``before_forward`` sees as tokens after an end-of-turn; the tokens returned are the same.
-    ``on_path`` is told which path ran: ``"fast"``, or ``"fast (<why a speed-up was off>)"``.
+
+    ``static_cache`` (default: on a GPU) decodes in fixed-shape steps on a preallocated cache, so transformers
+    never reads the mask back to the host; ``cuda_graphs`` (default: with the static cache, greedy, on CUDA)
+    then records one step as a CUDA graph and replays it, one launch a step instead of one per kernel.
+    ``on_path`` is told which path ran: ``"fast"``, or ``"fast (<what was on or off, and why>)"``.
 
     Sampling, when asked for, is plain temperature sampling from the full softmax, from ``generator``.
     """
@@ -404,14 +526,24 @@ def decode(
     eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
     batch = len(rows)
     plan = plan_prefill(rows) if share_prefixes else None
-    path = "fast"
+    notes: list[str] = []
     if plan is not None and (blocker := prefix_sharing_blocker(model, plan, max_new_tokens)) is not None:
-        plan, path = None, f"fast ({blocker})"
-    if on_path is not None:
-        on_path(path)
+        plan = None
+        notes.append(blocker)
     longest_prompt = max(len(r) for r in rows)
     prompt_columns = longest_prompt if plan is None else plan.prefix_columns + plan.suffix_columns
-    cache = new_cache(model, prompt_columns + max_new_tokens)
+    columns = prompt_columns + max_new_tokens
+    use_static = device.type != "cpu" if static_cache is None else static_cache
+    if use_static and (blocker := static_cache_blocker(model, columns)) is not None:
+        use_static = False
+        notes.append(blocker)
+    use_graphs = use_static and (cuda_graphs is None or cuda_graphs)
+    if use_graphs and (blocker := cuda_graph_blocker(model, do_sample)) is not None:
+        use_graphs = False
+        if cuda_graphs or device.type == "cuda":  # asked for, or expected on this device: say why not
+            notes.append(blocker)
+    # The static path copies the prompt's cache once into full-size layers, so the prefill needs no spare room.
+    cache = new_cache(model, prompt_columns if use_static else columns)
     notify = before_forward or (lambda _fed: None)
     cache_keyword = _cache_keyword(model)
 
@@ -430,7 +562,7 @@ def decode(
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1).to(device)
 
     with contextlib.ExitStack() as stack:
-        if pack_weights:
+        if pack_weights and not use_static:
             stack.enter_context(packed_linears(model, batch))
         notify(None)
         if plan is None:
@@ -446,21 +578,72 @@ def decode(
             prefix_lengths = torch.as_tensor([plan.prefix_length(i) for i in range(batch)], dtype=torch.long, device=device)
             mask = torch.cat([prefix_mask[groups], suffix_mask], dim=1)
             logits = forward(suffix_ids, mask, _positions(suffix_mask, prefix_lengths))
-        # Preallocated so each step passes a growing view instead of concatenating a new mask.
+        # Preallocated so each step passes a growing view instead of concatenating a new mask. Columns not yet
+        # written are hidden by causality, so the static path passes the whole mask every step.
         full_mask = torch.cat([mask, mask.new_ones(batch, max_new_tokens)], dim=1)
         position = mask.sum(-1) - 1  # the last prompt token's position: one per real column
-        tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        # One column more than is returned: a fixed-shape step picks the token after the one it fed.
+        tokens = torch.full((batch, max_new_tokens + 1), pad_id, dtype=torch.long, device=device)
+        step_index = torch.zeros(1, dtype=torch.long, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         pad = torch.tensor(pad_id, device=device)
+        fed = torch.empty(batch, dtype=torch.long, device=device)
+
+        def pick_and_record(logits: torch.Tensor) -> None:
+            """The next token of every row into ``fed`` and ``tokens``; rows that have ended get padding."""
+            fed.copy_(torch.where(finished, pad, pick(logits)))
+            tokens.index_copy_(1, step_index, fed[:, None])
+            finished.logical_or_(is_end_of_turn(fed, eos))
+            step_index.add_(1)
+
+        def growing_step(step: int) -> None:
+            notify(fed)
+            position.add_(1)
+            logits = forward(fed[:, None], full_mask[:, : mask.shape[1] + step + 1], position[:, None])
+            if step + 1 < max_new_tokens:  # no pick after the last step: a sampler's generator is not advanced
+                pick_and_record(logits)
+
+        def fixed_step() -> None:
+            notify(fed)
+            position.add_(1)
+            pick_and_record(forward(fed[:, None], full_mask, position[:, None]))
+
+        pick_and_record(logits)
+        if use_static:
+            cache = to_static_cache(cache, columns)
+        captured: _CapturedStep | None = None
+        if on_step is not None:
+            on_step(0)
+        # Warm-up steps run on a side stream and each is joined back, so the stop check reads finished values.
+        side_stream = torch.cuda.Stream(device) if use_graphs else None
         for step in range(max_new_tokens):
-            fed = torch.where(finished, pad, pick(logits))
-            tokens[:, step] = fed
-            finished |= torch.isin(fed, eos)
             if (step + 1) % check_every == 0 and bool(finished.all()):
                 # Every row has ended: its end-of-turn token and the padding after it are not measured.
                 break
-            notify(fed)
-            position = position + 1
-            logits = forward(fed[:, None], full_mask[:, : mask.shape[1] + step + 1], position[:, None])
-    tokens = tokens.cpu()
+            if not use_static:
+                growing_step(step)
+            elif side_stream is not None and step < WARMUP_STEPS:
+                side_stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side_stream):
+                    fixed_step()
+                torch.cuda.current_stream(device).wait_stream(side_stream)
+            else:
+                if side_stream is not None:
+                    side_stream = None
+                    try:
+                        captured = capture_step(fixed_step, device)
+                    except Exception as error:  # noqa: BLE001 - any capture failure: run the same step eagerly
+                        first_line = str(error).splitlines()[0][:120] if str(error) else ""
+                        notes.append(f"CUDA graphs off: {type(error).__name__}: {first_line}")
+                if captured is not None:
+                    captured.run()
+                else:
+                    fixed_step()
+            if on_step is not None:
+                on_step(step + 1)
+    if use_static:
+        notes.insert(0, "CUDA graphs" if captured is not None else "static cache")
+    if on_path is not None:
+        on_path("fast" + (f" ({', '.join(notes)})" if notes else ""))
+    tokens = tokens[:, :max_new_tokens].cpu()
     return tokens[:, : _steps_until_all_ended(tokens, torch.as_tensor(list(eos_ids), dtype=torch.long))]

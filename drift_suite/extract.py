@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decode import decode, fast_decoder_blocker, left_pad
+from .decode import decode, fast_decoder_blocker, is_end_of_turn, left_pad
 from .models import decoder_layers
 from .placement import model_device
 
@@ -45,13 +45,17 @@ class GenerationSettings:
     max_batch_tokens: int = 32768
     """Upper bound on batch × (prompt + answer) tokens, which bounds the KV cache: 2 × layers × KV heads ×
     head size × 4 bytes a token, 46 kB on the demo model (1.5 GB at this budget), 213 kB on Gemma-2-2B."""
+    cuda_graphs: bool = True
+    """On a CUDA GPU, replay each decoding step as one CUDA graph (``false``: launch its kernels one by one; the
+    numbers are the same, see :func:`drift_suite.decode.decode`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def key_dict(self) -> dict[str, Any]:
-        """The settings that change the numbers (batching reorders work; results agree to ~1e-4)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "max_batch_tokens")}
+        """The settings that change the numbers (batching reorders work, results agree to ~1e-4; graphs replay
+        the same kernels)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("batch_size", "max_batch_tokens", "cuda_graphs")}
 
 
 @dataclass
@@ -99,13 +103,17 @@ class _AnswerAccumulator:
         self.mask: torch.Tensor | None = None
 
     def before_forward(self, fed: torch.Tensor | None) -> None:
-        """Called before each forward with the generated tokens being fed back, or ``None`` for the prefill."""
+        """Called before each forward with the generated tokens being fed back, or ``None`` for the prefill.
+
+        Tensor work in place only: under CUDA graphs this runs once, at capture, and is replayed every step."""
         if fed is None:
             self.mask = None
             return
-        self.finished |= torch.isin(fed, self.eos)
-        self.mask = ~self.finished & (self.counts < self.max_tokens)
-        self.counts += self.mask.long()
+        self.finished.logical_or_(is_end_of_turn(fed, self.eos))
+        if self.mask is None:
+            self.mask = torch.empty_like(self.finished)
+        torch.logical_and(~self.finished, self.counts < self.max_tokens, out=self.mask)
+        self.counts.add_(self.mask)
 
     def add(self, layer: int, hidden: torch.Tensor) -> None:
         """Add the last position's layer output of the rows feeding an answer token (nothing at the prefill)."""
@@ -139,20 +147,15 @@ def plan_batches(prompts: Sequence[Sequence[int]], settings: GenerationSettings)
 
 
 def _reporting_steps(
-    before_forward: Callable[[torch.Tensor | None], None], report: Callable[[float, int], None],
-    done: int, rows: int, max_new_tokens: int, total: int,
-) -> Callable[[torch.Tensor | None], None]:
-    """``before_forward`` that also reports progress after each decoding step of a batch of ``rows``."""
-    steps = 0
+    report: Callable[[float, int], None], done: int, rows: int, max_new_tokens: int, total: int,
+) -> Callable[[int], None]:
+    """``on_step`` for :func:`~drift_suite.decode.decode` that reports progress after each decoding step of a
+    batch of ``rows`` (and after its prefill, step 0: it starts the batch)."""
 
-    def hook(fed: torch.Tensor | None) -> None:
-        nonlocal steps
-        before_forward(fed)
-        if fed is not None:
-            steps += 1
-        report(done + rows * min(steps / max_new_tokens, 1.0), total)  # the prefill (fed None) too: it starts a batch
+    def on_step(steps: int) -> None:
+        report(done + rows * min(steps / max_new_tokens, 1.0), total)
 
-    return hook
+    return on_step
 
 
 @torch.inference_mode()
@@ -167,6 +170,8 @@ def generate_and_capture(
     share_prefixes: bool = True,
     pack_weights: bool = True,
     stop_check_every: int | None = None,
+    static_cache: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> Extraction:
     """Generate an answer to each chat-formatted prompt and average its residual stream over answer tokens.
 
@@ -176,7 +181,7 @@ def generate_and_capture(
     ``max_new_tokens`` steps, so one big batch still gives a rate and an ETA).
     The keywords switch the speed-ups off, one by one (each changes nothing but the time):
     ``fast_decoder=False`` measures with ``generate`` and a second forward, the others are
-    :func:`~drift_suite.decode.decode`'s.
+    :func:`~drift_suite.decode.decode`'s (``settings.cuda_graphs=False`` also switches CUDA graphs off).
     """
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     eos_ids = _eos_ids(model, tokenizer)
@@ -213,14 +218,15 @@ def generate_and_capture(
             acc = state["acc"] = _AnswerAccumulator(
                 len(batch), n_layers, hidden, eos_ids, settings.max_new_tokens, device=device
             )
-            step_hook = acc.before_forward
+            on_step = None
             if report is not None:
-                step_hook = _reporting_steps(acc.before_forward, report, done, len(batch), settings.max_new_tokens, len(prompts))
+                on_step = _reporting_steps(report, done, len(batch), settings.max_new_tokens, len(prompts))
             generated = decode(
                 model, [encoded[i] for i in batch], settings.max_new_tokens, eos_ids, pad_id,
-                before_forward=step_hook, do_sample=settings.do_sample,
+                before_forward=acc.before_forward, on_step=on_step, do_sample=settings.do_sample,
                 temperature=settings.temperature, generator=generator, share_prefixes=share_prefixes,
-                pack_weights=pack_weights, stop_check_every=stop_check_every, on_path=paths.append,
+                pack_weights=pack_weights, stop_check_every=stop_check_every, static_cache=static_cache,
+                cuda_graphs=cuda_graphs if settings.cuda_graphs else False, on_path=paths.append,
             )
             # The batch's one transfer to the host.
             batch_counts = acc.counts.cpu().numpy()

@@ -140,6 +140,74 @@ def test_prefix_sharing_stays_on_and_right_where_the_window_cannot_bind(family):
     np.testing.assert_allclose(captured.means, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_fixed_shape_steps_of_the_gpu_path_are_right_on_every_family(family):
+    """The static cache the GPU path decodes on (and captures as a CUDA graph), forced on here on the CPU:
+    greedy answers equal ``generate``, means equal a plain forward, and the tokens equal the growing cache's.
+    Windows are wide (the static cache is kept off where one binds)."""
+    model, tokenizer = build(family, window=4096)
+    prompts = persona_prompts(tokenizer)
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
+    static = generate_and_capture(model, tokenizer, prompts, settings, progress=False, static_cache=True)
+    assert static.decoder == "fast (static cache)", static.decoder
+    assert static.answer_ids == generate_content(model, tokenizer, prompts, MAX_NEW_TOKENS)
+    reference = reforward_answer_means(model, tokenizer, prompts, static.answer_ids)
+    np.testing.assert_allclose(static.means, reference, rtol=1e-4, atol=1e-5)
+    growing = generate_and_capture(model, tokenizer, prompts, settings, progress=False, static_cache=False)
+    assert growing.answer_ids == static.answer_ids
+    np.testing.assert_allclose(static.means, growing.means, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_a_binding_window_keeps_the_growing_cache_and_says_so(family):
+    model, tokenizer = build(family)
+    prompts = persona_prompts(tokenizer)
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
+    captured = generate_and_capture(model, tokenizer, prompts, settings, progress=False, static_cache=True)
+    assert "static cache off: attention window 12" in captured.decoder, captured.decoder
+    assert captured.answer_ids == generate_content(model, tokenizer, prompts, MAX_NEW_TOKENS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_fixed_shape_steps_read_nothing_back_to_the_host(family):
+    """The precondition of CUDA graph capture, checked on the CPU: between the prefill and the end, a decoding
+    step (the model's own code, the mask, the cache and the capture hooks included) reads no tensor value back
+    to the host and builds no tensor from host data (a copy to the GPU on every step). Only the stop checks read."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    host_ops = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                torch.ops.aten.equal.default, torch.ops.aten.lift_fresh.default}
+    seen: list[str] = []
+    counting = {"on": False}
+
+    class HostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if counting["on"] and func in host_ops:
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model, tokenizer = build(family, window=4096)
+    prompts = persona_prompts(tokenizer)
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
+    real_decode = decode_module.decode
+
+    def decode_counting_steps(*args, **kwargs):
+        def on_step(steps: int) -> None:
+            counting["on"] = steps < MAX_NEW_TOKENS  # from the end of the prefill to the last step
+        return real_decode(*args, **{**kwargs, "on_step": on_step, "stop_check_every": 10**6})
+
+    from drift_suite import extract
+
+    with HostReads():
+        original, extract.decode = extract.decode, decode_counting_steps
+        try:
+            captured = generate_and_capture(model, tokenizer, prompts, settings, progress=False, static_cache=True)
+        finally:
+            extract.decode = original
+    assert captured.decoder == "fast (static cache)"
+    assert seen == [], f"{len(seen)} host reads in the steps: {sorted(set(seen))}"
+
+
 def test_shared_prefixes_under_a_binding_window_would_be_wrong(monkeypatch):
     """Why sharing is switched off: forced on under a binding window, the padding between a row's shared
     prefix and its own suffix takes columns of the window, and the answers move."""

@@ -78,11 +78,16 @@ def test_greedy_tokens_equal_generate(tiny, prompt_rows, share_prefixes, pack_we
     assert any(len(c) < 12 for c in ours_content) and any(len(c) == 12 for c in ours_content), "both early and full-length stops"
 
 
+def _recorder(fed: list):
+    """``before_forward`` that keeps a copy of each fed batch: decode feeds from one buffer, updated in place."""
+    return lambda tokens: fed.append(None if tokens is None else tokens.clone())
+
+
 def test_feeds_back_every_generated_token_and_stops_when_all_rows_end(tiny, prompt_rows):
     model, tokenizer = tiny.model, tiny.tokenizer
     eos = _stops_some_rows_early(tiny, prompt_rows)
     fed: list[torch.Tensor | None] = []
-    tokens = decode(model, prompt_rows, 12, eos, tokenizer.pad_token_id, before_forward=fed.append)
+    tokens = decode(model, prompt_rows, 12, eos, tokenizer.pad_token_id, before_forward=_recorder(fed))
     assert fed[0] is None, "the prefill is announced as such"
     decoded = [f for f in fed if f is not None]
     assert torch.equal(torch.stack(decoded, 1), tokens[:, : len(decoded)])
@@ -159,7 +164,7 @@ def test_a_lazy_stop_check_returns_the_same_tokens(tiny, prompt_rows):
     second_tokens = sorted(set(first[:, 1].tolist()))  # every row ends at its second token
     every_step = decode(model, prompt_rows, 12, second_tokens, pad, stop_check_every=1)
     fed: list[torch.Tensor | None] = []
-    lazy = decode(model, prompt_rows, 12, second_tokens, pad, stop_check_every=5, before_forward=fed.append)
+    lazy = decode(model, prompt_rows, 12, second_tokens, pad, stop_check_every=5, before_forward=_recorder(fed))
     assert every_step.shape == (len(prompt_rows), 2) and torch.equal(lazy, every_step)
     assert len(fed) == 5, "the prefill and four fed steps: the check runs after the fifth pick"
     assert all(bool((f == pad).all()) for f in fed[3:]), "after every row ended, only padding is fed"
@@ -170,7 +175,7 @@ def test_stops_as_soon_as_every_row_has_ended(tiny, prompt_rows):
     first = decode(model, prompt_rows, 3, [], tokenizer.pad_token_id)
     second_tokens = sorted(set(first[:, 1].tolist()))  # every row ends at its second token
     fed: list[torch.Tensor | None] = []
-    tokens = decode(model, prompt_rows, 12, second_tokens, tokenizer.pad_token_id, before_forward=fed.append)
+    tokens = decode(model, prompt_rows, 12, second_tokens, tokenizer.pad_token_id, before_forward=_recorder(fed))
     assert tokens.shape == (len(prompt_rows), 2)
     assert torch.equal(tokens[:, 0], first[:, 0])
     assert len(fed) == 2 and fed[0] is None, "the prefill and the first token; the ending tokens are not fed"
@@ -217,3 +222,83 @@ def test_the_loop_and_the_capture_read_nothing_back_but_the_stop_check(tiny, tin
     settings = GenerationSettings(max_new_tokens=12)
     generate_and_capture(tiny.model, tiny.tokenizer, prompts, settings, progress=False, stop_check_every=4)
     assert reads == ["decode:__bool__"] * 3 + ["decode:cpu"], "three stop checks and the tokens at the end"
+
+
+class _NoStreams:
+    """CUDA's stream calls as no-ops, so the CUDA-graph orchestration of :func:`decode` runs on the CPU."""
+
+    class Stream:
+        def __init__(self, *_args, **_kwargs):
+            pass
+
+        def wait_stream(self, _other):
+            pass
+
+    @staticmethod
+    def current_stream(*_args):
+        return _NoStreams.Stream()
+
+    @staticmethod
+    def stream(_stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _graph_path(monkeypatch, capture):
+    """Let :func:`decode` take its CUDA-graph path on the CPU, with ``capture`` standing in for the capture."""
+    monkeypatch.setattr(decode_module, "cuda_graph_blocker", lambda *_args: None)
+    monkeypatch.setattr(decode_module, "capture_step", capture)
+    for name in ("Stream", "current_stream", "stream"):
+        monkeypatch.setattr(torch.cuda, name, getattr(_NoStreams, name))
+
+
+def test_the_graph_path_warms_up_captures_once_and_replays_every_later_step(tiny, prompt_rows, monkeypatch):
+    """A stand-in capture whose replay runs the recorded step: warm-up steps, one capture, then replays only,
+    with the same tokens as the growing cache and progress after every step."""
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+    eos = _stops_some_rows_early(tiny, prompt_rows)
+    calls = {"captures": 0, "replays": 0}
+
+    def capture(step, _device):
+        calls["captures"] += 1
+
+        class Replay:
+            def run(self):
+                calls["replays"] += 1
+                step()
+
+        return Replay()
+
+    _graph_path(monkeypatch, capture)
+    paths, steps = [], []
+    graphed = decode(model, prompt_rows, 12, eos, pad, static_cache=True, on_path=paths.append, on_step=steps.append)
+    reference = decode(model, prompt_rows, 12, eos, pad, static_cache=False)
+    assert torch.equal(graphed, reference)
+    assert paths == ["fast (CUDA graphs)"]
+    assert calls["captures"] == 1
+    assert calls["replays"] == len(steps) - 1 - decode_module.WARMUP_STEPS
+    assert steps == list(range(len(steps))), "progress after the prefill and after every step"
+
+
+def test_a_failed_capture_runs_the_same_steps_eagerly_and_says_why(tiny, prompt_rows, monkeypatch):
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+    eos = _stops_some_rows_early(tiny, prompt_rows)
+
+    def failing_capture(_step, _device):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    _graph_path(monkeypatch, failing_capture)
+    paths = []
+    tokens = decode(model, prompt_rows, 12, eos, pad, static_cache=True, on_path=paths.append)
+    assert torch.equal(tokens, decode(model, prompt_rows, 12, eos, pad, static_cache=False))
+    assert paths == ["fast (static cache, CUDA graphs off: RuntimeError: operation not permitted when stream is capturing)"]
+
+
+def test_sampling_never_takes_the_graph_path_and_says_so_only_where_graphs_were_asked_for(tiny, prompt_rows):
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+    paths = []
+    decode(model, prompt_rows, 4, [], pad, static_cache=True, cuda_graphs=True, do_sample=True,
+           generator=torch.Generator().manual_seed(0), on_path=paths.append)
+    decode(model, prompt_rows, 4, [], pad, static_cache=True, on_path=paths.append)
+    assert paths == ["fast (static cache, CUDA graphs off: not on a CUDA device)", "fast (static cache)"]

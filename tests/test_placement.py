@@ -122,7 +122,7 @@ def test_physical_limit_is_weights_over_bandwidth_per_step():
 
 def test_gpu_benchmark_code_paths_run_on_the_cpu(monkeypatch):
     """The benchmark's speed run on the tiny shape on the CPU: both paths measure the same means (fp32)."""
-    from benchmarks.gpu.bench import FP32_TOLERANCE, speed_run
+    from benchmarks.gpu.bench import FP32_TOLERANCE, SWITCHED_OFF, speed_run
 
     monkeypatch.setenv("DRIFT_GPU_BENCH_CONVERSATIONS", "3")
     entry = speed_run("tiny", "float32", "cpu", _bench_tokenizer(), rounds=1)
@@ -130,6 +130,9 @@ def test_gpu_benchmark_code_paths_run_on_the_cpu(monkeypatch):
     assert entry["agreement"]["rows_compared"] == 3
     assert entry["agreement"]["max_rel_diff"] < FP32_TOLERANCE
     assert entry["project_conversations_per_s"] > 0 and entry["two_pass_conversations_per_s"] > 0
+    assert entry["decoder"] == "fast"
+    assert set(entry["switched_off"]) == set(SWITCHED_OFF)
+    assert all(v["same_answers_as_default"] == 3 for v in entry["switched_off"].values()), entry["switched_off"]
 
 
 def _bench_tokenizer() -> Path:

@@ -22,6 +22,13 @@ from drift_suite.extract import Extraction, GenerationSettings, generate_and_cap
 from drift_suite.personas import PersonaSet, builtin_persona_set
 
 SETTINGS = GenerationSettings(max_new_tokens=48)
+SWITCHED_OFF = {
+    "no_cuda_graphs": {"cuda_graphs": False},
+    "no_static_cache": {"static_cache": False},
+    "stop_check_every_1": {"stop_check_every": 1},
+    "stop_check_every_16": {"stop_check_every": 16},
+}
+"""Variants of the project's path timed once each beside it (on the CPU the first two are the default)."""
 FP32_TOLERANCE = 1e-4
 """fp32 paths must agree to this (relative to the largest mean), as the CPU benchmark requires."""
 
@@ -115,6 +122,12 @@ def speed_run(shape: str, dtype: str, device: str, tokenizer_source: Any, rounds
         project_times.append(seconds)
         seconds, reference = timed(lambda: two_pass_reference(model, tokenizer, prompts, SETTINGS), device)
         reference_times.append(seconds)
+    variants = {}
+    for label, switches in SWITCHED_OFF.items():
+        # Each speed-up switched off in turn, timed on the same warm model: what each one is worth here.
+        seconds, variant = timed(lambda: generate_and_capture(model, tokenizer, prompts, SETTINGS, progress=False, **switches), device)
+        variants[label] = {"seconds": round(seconds, 3), "decoder": variant.decoder,
+                           "same_answers_as_default": sum(a == b for a, b in zip(variant.answer_ids, project.answer_ids))}
     n = len(prompts)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes = kv_cache_bytes(model, encoded, SETTINGS)
@@ -142,6 +155,8 @@ def speed_run(shape: str, dtype: str, device: str, tokenizer_source: Any, rounds
         "peak_gib": round(peak_gib, 3) if peak_gib is not None else None,
         "peak_over_weights_plus_kv": round(peak_gib / ((weights_bytes + kv_bytes) / 2**30), 3) if peak_gib else None,
         "agreement": agreement(project, reference),
+        "decoder": project.decoder,
+        "switched_off": variants,
     }
     del model
     if device.startswith("cuda"):

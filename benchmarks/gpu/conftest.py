@@ -82,6 +82,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{key:<16} project {entry['project_s']} s ({entry['project_conversations_per_s']} conv/s), two-pass "
             f"{entry['two_pass_s']} s, {entry['speedup_over_two_pass']}x; limit {limit} s; peak {entry['peak_gib']} GiB"
         )
+        terminalreporter.write_line(f"{'':<16} decoder: {entry['decoder']}; switched off: " + ", ".join(
+            f"{name} {variant['seconds']} s" for name, variant in entry.get("switched_off", {}).items()))
     for key, entry in RESULTS.get("design_cost", {}).items():
         terminalreporter.write_line(f"{key:<16} {entry['conversations']} conversations in {entry['seconds']} s")
     terminalreporter.write_line(f"(all numbers: {_path()})")

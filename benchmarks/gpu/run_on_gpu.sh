@@ -2,7 +2,7 @@
 # The GPU checks of issue F in one device call (<= 8 min), from the repo root on the lent GPU machine:
 #   run(command="bash benchmarks/gpu/run_on_gpu.sh", carry=[".gpu"], timeout_s=540)
 # Before, on the CPU machine: bash ../shared/gpu/prepare.sh && cp -r ../shared/data/assistant-axis .gpu/
-# Writes to $OUT: log.txt (summary), placement-tests.txt, plugin-smoke.txt, bench.txt, results-gpu.json,
+# Writes to $OUT: log.txt (summary), placement-tests.txt, gpu-decode-tests.txt, plugin-smoke.txt, bench.txt, results-gpu.json,
 # pytest-benchmark.json. Copy $OUT/results-gpu.json to benchmarks/results-gpu.json and fill docs/gpu.md.
 set -u
 ROOT=$PWD
@@ -23,9 +23,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 [ -d .gpu/tok ] || { echo "no .gpu/tok: run bash ../shared/gpu/prepare.sh on the CPU machine and carry .gpu" | tee -a "$LOG"; exit 2; }
 
 # 1. The resolver, loading and the cross-dtype policy with CUDA present (the no-CUDA tests skip here).
-step 90 placement-tests placement-tests.txt python -m pytest tests/test_placement.py -q -p no:cacheprovider
+step 60 placement-tests placement-tests.txt python -m pytest tests/test_placement.py -q -p no:cacheprovider
 
-# 2. Acceptance: `pytest suites/ --checkpoint DIR` measures on the GPU in bf16 with no extra flag, and says so.
+# 2. The CUDA-graph decoder on real CUDA: the same answers and means as the growing cache on every family (fp32).
+step 90 gpu-decode-tests gpu-decode-tests.txt python -m pytest tests/test_gpu_decode.py -q -p no:cacheprovider
+
+# 3. Acceptance: `pytest suites/ --checkpoint DIR` measures on the GPU in bf16 with no extra flag, and says so.
 python - "$W/m" <<'PY' > "$OUT/make-model.txt" 2>&1
 import sys, torch
 from benchmarks.gpu.shapes import make_model, load_tokenizer, tokenizer_dir
@@ -33,11 +36,11 @@ source = tokenizer_dir()
 make_model("135m", torch.float32, "cpu", source).save_pretrained(sys.argv[1])
 load_tokenizer(source).save_pretrained(sys.argv[1])
 PY
-step 120 plugin-smoke plugin-smoke.txt python -m pytest suites/ -q -p no:cacheprovider --checkpoint "$W/m" \
+step 100 plugin-smoke plugin-smoke.txt python -m pytest suites/ -q -p no:cacheprovider --checkpoint "$W/m" \
   --update-baselines --baseline-dir "$W/b" --drift-report "$OUT/report.html" --no-drift-cache
-grep -h "measured on" "$OUT/plugin-smoke.txt" | tee -a "$LOG"
+grep -h "measured on\|decoder" "$OUT/plugin-smoke.txt" | tee -a "$LOG"
 
-# 3. The benchmark: speed per shape and dtype, --thorough and the 275-role set on 8B, fp32 GPU == CPU.
-step 330 gpu-benchmark bench.txt python -m pytest benchmarks/gpu -m gpu -p no:cacheprovider -q \
+# 4. The benchmark: speed per shape and dtype, --thorough and the 275-role set on 8B, fp32 GPU == CPU.
+step 300 gpu-benchmark bench.txt python -m pytest benchmarks/gpu -m gpu -p no:cacheprovider -q \
   --benchmark-json "$OUT/pytest-benchmark.json"
 echo "total $(( $(date +%s) - START ))s" | tee -a "$LOG"
