@@ -202,7 +202,7 @@ def test_the_loop_and_the_capture_read_nothing_back_but_the_stop_check(tiny, tin
     from drift_suite.extract import GenerationSettings, generate_and_capture
 
     ours = {str(Path(decode_module.__file__).resolve()), str(Path(extract.__file__).resolve())}
-    loop_functions = {"decode", "forward", "pick", "before_forward", "add", "hook"}
+    loop_functions = {"decode", "forward", "pick", "pick_and_record", "growing_step", "fixed_step", "before_forward", "add", "hook", "on_step"}
     reads: list[str] = []
 
     def counting(name: str):
