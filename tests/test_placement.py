@@ -135,6 +135,28 @@ def test_gpu_benchmark_code_paths_run_on_the_cpu(monkeypatch):
     assert all(v["same_answers_as_default"] == 3 for v in entry["switched_off"].values()), entry["switched_off"]
 
 
+def test_gpu_benchmark_judges_issue_f_acceptance_from_its_numbers():
+    from benchmarks.gpu.bench import acceptance
+
+    results = {
+        "speed": {
+            "8b-bfloat16": {"project_conversations_per_s": 250.0, "speedup_over_two_pass": 4.9, "peak_over_weights_plus_kv": 1.04},
+            "135m-float32": {"speedup_over_two_pass": 3.2, "peak_over_weights_plus_kv": 1.2},
+        },
+        "fp32_gpu_vs_cpu": {"same_answers": 16, "prompts": 16, "max_rel_diff": 3e-6},
+    }
+    met = {check["what"]: check["met"] for check in acceptance(results)}
+    assert met["8B bf16: >= 200 conversations/s"] is True
+    assert met["8B bf16: >= 5x the two-pass reference"] is False
+    assert met["135M bf16: >= 3x the two-pass reference"] is None, "not measured is not a pass"
+    assert met["135M fp32: >= 3x the two-pass reference"] is True
+    assert met["8b-bfloat16: peak <= 1.1 x (weights + KV cache)"] is True
+    assert met["135m-float32: peak <= 1.1 x (weights + KV cache)"] is False
+    assert met["fp32 GPU = CPU: same answers, means to 1e-4"] is True
+    results["fp32_gpu_vs_cpu"]["same_answers"] = 15
+    assert not {c["what"]: c["met"] for c in acceptance(results)}["fp32 GPU = CPU: same answers, means to 1e-4"]
+
+
 def _bench_tokenizer() -> Path:
     from benchmarks.gpu.shapes import tokenizer_dir
 

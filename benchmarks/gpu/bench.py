@@ -206,4 +206,31 @@ def fp32_devices_agree(shape: str, device: str, tokenizer_source: Any, n_prompts
     return {"shape": shape, "prompts": len(prompts), "same_answers": int(sum(same)), "max_rel_diff": diff}
 
 
-__all__ = ["SHAPES", "design_cost", "fp32_devices_agree", "gpu_info", "speed_run"]
+def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue F's acceptance figures, each read from ``results`` (a missing measurement is ``None``, not a pass)."""
+    speed = results.get("speed", {})
+    fp32 = results.get("fp32_gpu_vs_cpu")
+
+    def figure(key: str, field: str) -> Any:
+        return speed.get(key, {}).get(field)
+
+    checks = [
+        ("8B bf16: >= 200 conversations/s", figure("8b-bfloat16", "project_conversations_per_s"), lambda v: v >= 200),
+        ("8B bf16: >= 5x the two-pass reference", figure("8b-bfloat16", "speedup_over_two_pass"), lambda v: v >= 5),
+        ("135M bf16: >= 3x the two-pass reference", figure("135m-bfloat16", "speedup_over_two_pass"), lambda v: v >= 3),
+        ("135M fp32: >= 3x the two-pass reference", figure("135m-float32", "speedup_over_two_pass"), lambda v: v >= 3),
+    ]
+    checks += [
+        (f"{key}: peak <= 1.1 x (weights + KV cache)", entry.get("peak_over_weights_plus_kv"), lambda v: v <= 1.1)
+        for key, entry in speed.items()
+    ]
+    checks.append((
+        "fp32 GPU = CPU: same answers, means to 1e-4",
+        None if fp32 is None else (fp32["same_answers"] == fp32["prompts"], fp32["max_rel_diff"]),
+        lambda v: v[0] and v[1] < FP32_TOLERANCE,
+    ))
+    return [{"what": what, "measured": value, "met": None if value is None else bool(test(value))}
+            for what, value, test in checks]
+
+
+__all__ = ["SHAPES", "acceptance", "design_cost", "fp32_devices_agree", "gpu_info", "speed_run"]

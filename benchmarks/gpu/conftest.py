@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.gpu.bench import gpu_info
+from benchmarks.gpu.bench import acceptance, gpu_info
 from benchmarks.gpu.shapes import bench_device, results_path, tokenizer_dir
 
 RESULTS: dict[str, Any] = {}
@@ -65,6 +65,7 @@ def _path() -> Path:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if set(RESULTS) <= {"environment"}:
         return
+    RESULTS["acceptance"] = acceptance(RESULTS)
     path = _path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(RESULTS, indent=2, default=float) + "\n")
@@ -86,4 +87,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{name} {variant['seconds']} s" for name, variant in entry.get("switched_off", {}).items()))
     for key, entry in RESULTS.get("design_cost", {}).items():
         terminalreporter.write_line(f"{key:<16} {entry['conversations']} conversations in {entry['seconds']} s")
+    for check in RESULTS.get("acceptance") or acceptance(RESULTS):
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[check["met"]]
+        terminalreporter.write_line(f"acceptance: {check['what']}: {verdict} ({check['measured']})")
     terminalreporter.write_line(f"(all numbers: {_path()})")
