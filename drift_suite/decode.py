@@ -451,6 +451,10 @@ def cuda_graph_blocker(model: torch.nn.Module, do_sample: bool) -> str | None:
         return "CUDA graphs off: not on a CUDA device"
     if do_sample:
         return "CUDA graphs off: sampling draws on the host"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
+        # Not known to be capturable (bitsandbytes' kernels); a failed capture is recovered from, but not tried.
+        return "CUDA graphs off: quantized weights"
     return None
 
 

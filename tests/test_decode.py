@@ -302,3 +302,16 @@ def test_sampling_never_takes_the_graph_path_and_says_so_only_where_graphs_were_
            generator=torch.Generator().manual_seed(0), on_path=paths.append)
     decode(model, prompt_rows, 4, [], pad, static_cache=True, on_path=paths.append)
     assert paths == ["fast (static cache, CUDA graphs off: not on a CUDA device)", "fast (static cache)"]
+
+
+def test_quantized_models_are_not_captured(tiny):
+    from drift_suite.decode import cuda_graph_blocker
+
+    model = tiny.model
+    assert cuda_graph_blocker(model, do_sample=False) == "CUDA graphs off: not on a CUDA device"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode_module, "model_device", lambda _model: torch.device("cuda", 0))
+        assert cuda_graph_blocker(model, do_sample=False) is None
+        assert cuda_graph_blocker(model, do_sample=True) == "CUDA graphs off: sampling draws on the host"
+        patch.setattr(model, "is_quantized", True, raising=False)
+        assert cuda_graph_blocker(model, do_sample=False) == "CUDA graphs off: quantized weights"
