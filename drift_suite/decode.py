@@ -46,6 +46,7 @@ tokens than it should. Prefix sharing is therefore used only when the window can
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -224,15 +225,25 @@ def local_attention_span(model: torch.nn.Module) -> int | None:
     return min(spans, default=None)
 
 
-def prefix_sharing_blocker(model: torch.nn.Module, plan: PrefillPlan, max_new_tokens: int) -> str | None:
-    """Why ``plan`` would give wrong activations on ``model`` (a local-attention span it can exceed), else None."""
+def binding_window(model: torch.nn.Module, columns: int) -> int | None:
+    """The model's local-attention span if it can bind within ``columns`` cache columns, else None."""
     span = local_attention_span(model)
-    columns = plan.prefix_columns + plan.suffix_columns + max_new_tokens
     # A query sees itself and the ``span - 1`` columns before it; ``>=`` leaves a column of margin for
     # implementations that count the window one shorter.
-    if span is not None and columns >= span:
+    return span if span is not None and columns >= span else None
+
+
+def prefix_sharing_blocker(model: torch.nn.Module, plan: PrefillPlan, max_new_tokens: int) -> str | None:
+    """Why ``plan`` would give wrong activations on ``model`` (a local-attention span it can exceed), else None."""
+    columns = plan.prefix_columns + plan.suffix_columns + max_new_tokens
+    if (span := binding_window(model, columns)) is not None:
         return f"prefix sharing off: attention window {span} <= {columns} columns"
     return None
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (which passes keyword arguments through), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _dynamic_sliding_layer_class() -> type | None:
@@ -248,7 +259,7 @@ def fast_decoder_blocker(model: torch.nn.Module) -> str | None:
     dynamic cache of plain or sliding-window attention layers (which left padding, ``batch_select_indices``
     and a 2D padding mask handle); recurrent or other special cache layers are not driven here.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     parameters = inspect.signature(type(base).forward).parameters
     missing = [name for name in ("attention_mask", "position_ids", "logits_to_keep") if name not in parameters]
     if missing:
@@ -342,7 +353,7 @@ def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[bool]:
 
 def _cache_keyword(model: torch.nn.Module) -> str:
     """``cache`` in transformers >= 5.24 (``past_key_values`` is deprecated there), ``past_key_values`` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
+    base = _unwrapped(model)
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
@@ -374,22 +385,23 @@ def _stop_check_interval(stop_check_every: int | None, device: torch.device) -> 
     return 1 if device.type == "cpu" else 8
 
 
-def _steps_until_all_ended(tokens: torch.Tensor, eos: torch.Tensor) -> int:
-    """Columns of ``tokens`` up to and including the step at which the last row to end said its end-of-turn."""
-    ended = torch.isin(tokens, eos)
-    if not bool(ended.any(1).all()):
-        return tokens.shape[1]
-    return int(ended.int().argmax(1).max()) + 1
-
-
 def is_end_of_turn(tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
     """``torch.isin(tokens, eos)`` by broadcasting: never the sorting kernel, which reads sizes back on a GPU."""
     return (tokens[..., None] == eos).any(-1)
 
 
+def _steps_until_all_ended(tokens: torch.Tensor, eos: torch.Tensor) -> int:
+    """Columns of ``tokens`` up to and including the step at which the last row to end said its end-of-turn."""
+    ended = is_end_of_turn(tokens, eos)
+    if not bool(ended.any(1).all()):
+        return tokens.shape[1]
+    return int(ended.int().argmax(1).max()) + 1
+
+
 # -- fixed-shape steps: static cache and CUDA graphs -----------------------------------------------------
 
 
+@functools.cache
 def _static_layer_class() -> type | None:
     """transformers' ``StaticLayer`` where it keeps its write position on the device (transformers 5)."""
     from transformers import cache_utils
@@ -413,8 +425,7 @@ def static_cache_blocker(model: torch.nn.Module, columns: int) -> str | None:
         import transformers
 
         return f"static cache off: transformers {transformers.__version__} keeps its position on the host"
-    span = local_attention_span(model)
-    if span is not None and columns >= span:
+    if (span := binding_window(model, columns)) is not None:
         return f"static cache off: attention window {span} <= {columns} columns"
     devices = {p.device for p in model.parameters()}
     if len(devices) > 1:
@@ -451,7 +462,7 @@ def cuda_graph_blocker(model: torch.nn.Module, do_sample: bool) -> str | None:
         return "CUDA graphs off: not on a CUDA device"
     if do_sample:
         return "CUDA graphs off: sampling draws on the host"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     if getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None:
         # Not known to be capturable (bitsandbytes' kernels); a failed capture is recovered from, but not tried.
         return "CUDA graphs off: quantized weights"
