@@ -13,6 +13,12 @@ from .measure import Measurement
 from .metrics import accessibility, angle_deg, assistant_axis, project
 
 PROJECTION, ROTATION, ACCESSIBILITY = "projection", "rotation", "accessibility"
+BOTH = "both"
+SIDES: dict[str, tuple[str, str]] = {
+    PROJECTION: ("toward_assistant", "toward_roles"),
+    ACCESSIBILITY: ("more", "less"),
+}
+"""Per family with a direction: the side a value above the baseline moved to, then the side below it."""
 
 
 @dataclass
@@ -30,14 +36,46 @@ class Check:
     unit: str = ""
     step: int | None = None
     detail: str = ""
+    failing_side: str = BOTH
+    """Which direction of a change beyond the threshold fails: ``both``, or one side of the family
+    (projection ``toward_roles``/``toward_assistant``, accessibility ``more``/``less``); a change beyond the
+    threshold on the other side is a warning. Rotation has no side and always fails."""
 
     @property
     def deviation(self) -> float:
         return abs(self.value - self.expected)
 
     @property
+    def exceeded(self) -> bool:
+        """The change is beyond the threshold, in either direction (not-finite values count as beyond)."""
+        return not bool(self.deviation <= self.threshold)
+
+    @property
+    def side(self) -> str:
+        """The side the value moved to, as named in ``failing_side`` ("" without a sign or change)."""
+        delta = self.value - self.expected
+        if not np.isfinite(delta) or delta == 0 or self.family not in SIDES:
+            return ""
+        return SIDES[self.family][0 if delta > 0 else 1]
+
+    @property
     def passed(self) -> bool:
-        return bool(self.deviation <= self.threshold)
+        """Within tolerance, or beyond it only on a side that does not fail (then :attr:`warning`)."""
+        if not self.exceeded:
+            return True
+        if self.failing_side == BOTH or self.family not in SIDES or not self.side:
+            return False
+        return self.side != self.failing_side
+
+    @property
+    def warning(self) -> bool:
+        """Beyond the threshold on a side that does not fail: listed, never a failure."""
+        return self.exceeded and self.passed
+
+    @property
+    def status(self) -> str:
+        """``"pass"``, ``"warn"`` or ``"fail"``."""
+        return "fail" if not self.passed else "warn" if self.warning else "pass"
 
     @property
     def severity(self) -> float:
@@ -77,7 +115,7 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed, "sigmas": self.sigmas, "deviation": self.deviation,
-                               "direction": self.direction}
+                               "direction": self.direction, "status": self.status}
 
 
 @dataclass
