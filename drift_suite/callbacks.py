@@ -191,6 +191,8 @@ class DriftProbeCallback(TrainerCallback):
         self._pending: dict[int, dict[str, float]] = {}
         self._constants_logged = False
         self._active = False
+        self.latest: tuple[int, dict[str, float]] | None = None
+        """``(step, metrics)`` of the last probe."""
 
     # -- measuring ---------------------------------------------------------------------------------------
     def probe(self, model: torch.nn.Module, tokenizer: Any) -> ProbeResult:
@@ -392,6 +394,7 @@ class DriftProbeCallback(TrainerCallback):
                     metrics |= self._constants()
                     self._constants_logged = True
                 self._pending[state.global_step] = metrics
+                self.latest = (state.global_step, metrics)
                 stop = self._judge(state.global_step, metrics)
         if process_context().distributed:  # every rank must stop together, and wait for the probe
             from .distributed import all_gather_bytes
@@ -416,6 +419,14 @@ class DriftProbeCallback(TrainerCallback):
             state.log_history[-1].update(metrics)
         else:
             state.log_history.append({**metrics, "step": state.global_step})
+        return control
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kwargs: Any):
+        # The latest probe's numbers as eval metrics (eval_drift/sigma, ...), so metric_for_best_model and
+        # EarlyStoppingCallback can use them; the probe runs before both (it leads the callback list, and the
+        # trainer picks the best checkpoint from this same dict after the callbacks).
+        if metrics is not None and self.latest is not None:
+            metrics.update({f"eval_{key}": value for key, value in self.latest[1].items() if key in PROBE_KEYS})
         return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
