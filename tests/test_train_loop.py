@@ -427,3 +427,41 @@ def test_probe_in_a_users_own_grpo_trainer_reaches_tensorboard(tiny_checkpoint, 
         assert [(s, pytest.approx(v, rel=1e-5, abs=1e-6)) for s, v in scalars[f"train/{key}"]] == [
             (s, history[s][key]) for s in (2, 4)
         ]
+
+
+@pytest.mark.parametrize("func,message", [
+    ("fails_at_step_2", "reward fails_at_step_2 raised KeyError: 'answer' at step 2"),
+    ("nan_reward", "reward nan_reward returned nan for completion 0 at step 1"),
+    ("short_reward", "reward short_reward returned 1 rewards for 2 completions at step 1"),
+])  # fmt: skip
+def test_a_reward_failing_mid_run_is_one_line_exit_3_and_the_checkpoints_stay_resumable(
+    func, message, tiny_checkpoint, reward_file, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["--model", str(tiny_checkpoint), "--output_dir", str(out), *RUN, "--max_steps", "3", "--save_steps", "1"]
+    assert main([*argv, "--reward", f"gsm8k,{reward_file}:{func}"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == f"drift-suite train: error: {message}"
+    assert [line for line in err.splitlines() if "error" in line.lower()] == [err.splitlines()[-1]]
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["error"] == message and manifest["finished"] is None
+    from drift_suite.models import find_run_checkpoints
+
+    saved = sorted(find_run_checkpoints(out))
+    assert saved == ([1] if func == "fails_at_step_2" else [])
+    if saved:  # the checkpoint before the failure resumes with a healthy reward
+        assert main([*argv, "--reward", f"gsm8k,{reward_file}:length_reward", "--resume_from_checkpoint", "latest"]) == 0
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        assert [e["step"] for e in history if "reward" in e] == [1, 2, 3]
+        assert sorted(find_run_checkpoints(out)) == [1, 2, 3]
+
+
+def test_a_reward_model_dir_is_loaded_by_trl_and_logged_under_its_name(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    code = main(["--model", str(tiny_checkpoint), "--output_dir", str(out), *RUN, "--max_steps", "1", "--save_steps", "5",
+                 "--reward", f"format,{tiny_checkpoint}"])  # a causal LM dir gets a fresh one-label head  # fmt: skip
+    assert code == 0
+    (entry,) = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "reward" in e]
+    name = tiny_checkpoint.name
+    assert math.isfinite(entry[f"rewards/{name}/mean"]) and "rewards/format_reward/mean" in entry
+    assert json.loads((out / "run_manifest.json").read_text())["rewards"][1] == {"spec": str(tiny_checkpoint), "name": name}
