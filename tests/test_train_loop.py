@@ -337,6 +337,11 @@ def test_summary_line_shows_sigma():
 
 # ------------------------------------------------------------------------------------------ real runs (tiny model)
 
+def text_length_reward(completions, **kwargs):
+    """A reward that varies between completions (a random tiny model never answers right): real updates."""
+    return [len(str(c)) / 10 for c in completions]
+
+
 RUN = ["--use_lora", "--max_samples", "4", "--dataset", "synthetic", "--num_generations", "2",
        "--per_device_train_batch_size", "2", "--max_completion_length", "6", "--learning_rate", "1e-3"]  # fmt: skip
 
@@ -398,7 +403,7 @@ def test_probe_in_a_users_own_grpo_trainer_reaches_tensorboard(tiny_checkpoint, 
     from transformers.integrations import TensorBoardCallback
 
     from drift_suite.callbacks import DriftProbeCallback
-    from drift_suite.gsm8k import correctness_reward, load_gsm8k, to_prompt_dataset
+    from drift_suite.gsm8k import load_gsm8k, to_prompt_dataset
     from drift_suite.models import load_model
 
     loaded = load_model(tiny_checkpoint)
@@ -410,7 +415,7 @@ def test_probe_in_a_users_own_grpo_trainer_reaches_tensorboard(tiny_checkpoint, 
         disable_tqdm=True, learning_rate=1e-3,
     )  # fmt: skip
     trainer = trl.GRPOTrainer(
-        model=loaded.model, reward_funcs=[correctness_reward], args=config, processing_class=loaded.tokenizer,
+        model=loaded.model, reward_funcs=[text_length_reward], args=config, processing_class=loaded.tokenizer,
         train_dataset=to_prompt_dataset(load_gsm8k("synthetic", max_samples=4)),
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), callbacks=[probe] if how == "callbacks" else None,
     )  # fmt: skip
@@ -422,6 +427,7 @@ def test_probe_in_a_users_own_grpo_trainer_reaches_tensorboard(tiny_checkpoint, 
     handler = trainer.callback_handler.callbacks
     assert handler[0] is probe and any(isinstance(c, TensorBoardCallback) for c in handler)
     history = {e["step"]: e for e in trainer.state.log_history if "drift/projection" in e}
+    assert abs(history[4]["drift/projection"]) > 0, "the reward varies, the adapter trains, the probe moves"
     scalars = _scalars(tmp_path / "own")
     for key in ("drift/projection", "drift/projection_sigma", "drift/rotation_rms", "drift/sigma"):
         assert [(s, pytest.approx(v, rel=1e-5, abs=1e-6)) for s, v in scalars[f"train/{key}"]] == [
@@ -465,3 +471,43 @@ def test_a_reward_model_dir_is_loaded_by_trl_and_logged_under_its_name(tiny_chec
     name = tiny_checkpoint.name
     assert math.isfinite(entry[f"rewards/{name}/mean"]) and "rewards/format_reward/mean" in entry
     assert json.loads((out / "run_manifest.json").read_text())["rewards"][1] == {"spec": str(tiny_checkpoint), "name": name}
+
+
+def test_probe_metric_drives_transformers_early_stopping(tiny_checkpoint, tiny_personas, tmp_path, caplog):
+    """The README how-to: metric_for_best_model="drift/sigma" with EarlyStoppingCallback (it reads eval_drift/sigma)."""
+    import trl
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
+
+    from drift_suite.gsm8k import load_gsm8k, to_prompt_dataset
+    from drift_suite.models import load_model
+
+    loaded = load_model(tiny_checkpoint)
+    loaded.tokenizer.padding_side = "left"
+    probe = _probe(tiny_personas)
+    config = trl.GRPOConfig(
+        output_dir=str(tmp_path / "own"), max_steps=8, per_device_train_batch_size=2, per_device_eval_batch_size=2,
+        num_generations=2, max_completion_length=6, report_to="none", use_cpu=True, bf16=False, logging_steps=1,
+        disable_tqdm=True, learning_rate=3e-2, eval_strategy="steps", eval_steps=2, save_steps=2,
+        metric_for_best_model="drift/sigma", greater_is_better=False, load_best_model_at_end=True,
+    )  # fmt: skip
+    trainer = trl.GRPOTrainer(
+        model=loaded.model, reward_funcs=[text_length_reward], args=config, processing_class=loaded.tokenizer,
+        train_dataset=to_prompt_dataset(load_gsm8k("synthetic", max_samples=8)),
+        eval_dataset=to_prompt_dataset(load_gsm8k("synthetic", max_samples=1, seed=1)),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=1), probe],
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert "did not find eval_drift/sigma" not in caplog.text
+    readings = {e["step"]: e["drift/sigma"] for e in trainer.state.log_history if "drift/sigma" in e and e["step"] > 0}
+    # Early stopping with patience 1 ends the run at the first probe that does not improve on the best so far.
+    best, expected_stop = math.inf, 8
+    for step in sorted(readings):
+        if readings[step] >= best:
+            expected_stop = step
+            break
+        best = readings[step]
+    assert trainer.state.global_step == expected_stop and trainer.state.best_metric == pytest.approx(best)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{min(readings, key=readings.get)}")
