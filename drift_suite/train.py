@@ -437,15 +437,25 @@ def make_trainer(
     import trl
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = trl.GRPOTrainer(
-        model=model,
-        reward_funcs=[r.func for r in rewards] if rewards is not None else reward_functions(args),
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=build_callbacks(args),
-    )
+    reward_funcs = [r.func for r in rewards] if rewards is not None else reward_functions(args)
+    reward_models = [f for f in reward_funcs if isinstance(f, str)]
+    try:
+        trainer = trl.GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=build_callbacks(args),
+        )
+    except (OSError, ValueError) as exc:
+        if not reward_models:
+            raise
+        # TRL loads a reward model given by dir or id here; an unreachable hub id or a broken dir ends as one line.
+        from .errors import one_line
+
+        raise CheckpointError(f"--reward {', '.join(reward_models)}: the reward model could not be loaded ({one_line(exc)})") from None
     trainer.remove_callback(PrinterCallback)  # raw log dicts; TrainingLogCallback prints a summary line instead
     return trainer
 

@@ -511,3 +511,12 @@ def test_probe_metric_drives_transformers_early_stopping(tiny_checkpoint, tiny_p
         best = readings[step]
     assert trainer.state.global_step == expected_stop and trainer.state.best_metric == pytest.approx(best)
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{min(readings, key=readings.get)}")
+
+
+def test_a_reward_model_that_cannot_load_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken-rm"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights
+    assert main(["--model", str(tiny_checkpoint), "--output_dir", "out", *RUN, "--max_steps", "1", "--reward", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith(f"drift-suite train: error: --reward {broken.resolve()}: the reward model could not be loaded")
