@@ -296,8 +296,9 @@ class DriftProbeCallback(TrainerCallback):
         metric, value = ("projection", metrics["drift/projection_sigma"]) if projection >= rotation else ("rotation", rotation)
         self.stop = {"step": step, "metric": metric, "value_sigma": float(value), "threshold_sigma": float(self.stop_sigma),
                      "patience": self.patience}
-        log.warning("drift probe: stopping at step %d: %s %+.1fσ past --drift_stop %g for %d probe(s) in a row; saving "
-                    "checkpoint-%d", step, metric, value, self.stop_sigma, self.patience, step)
+        reading = f"projection {value:+.1f}σ" if metric == "projection" else f"rotation {value:.1f}× RMS"
+        log.warning("drift probe: stopping at step %d: %s past %gσ for %d probe(s) in a row; saving checkpoint-%d",
+                    step, reading, self.stop_sigma, self.patience, step)
         return True
 
     def last_step_within_budget(self, log_history: list[dict[str, Any]], checkpoint_steps: list[int]) -> int | None:
@@ -396,10 +397,15 @@ class DriftProbeCallback(TrainerCallback):
                 self._pending[state.global_step] = metrics
                 self.latest = (state.global_step, metrics)
                 stop = self._judge(state.global_step, metrics)
-        if process_context().distributed:  # every rank must stop together, and wait for the probe
+        if process_context().distributed:
+            # Every rank waits for the probe and stops with it, and holds its numbers for on_evaluate (the
+            # trainer picks the best checkpoint on every rank).
             from .distributed import all_gather_bytes
 
-            stop = all_gather_bytes(b"1" if stop else b"0")[0] == b"1"
+            shared = json.loads(all_gather_bytes(json.dumps({"stop": stop, "metrics": self.latest}).encode())[0])
+            stop = shared["stop"]
+            if self.reference is None and shared["metrics"] is not None:
+                self.latest = (int(shared["metrics"][0]), shared["metrics"][1])
         # Log at this step even off the --logging_steps grid, so the drift sits next to a reward. Every rank
         # sets it: the trainer's logging gathers the loss across processes.
         control.should_log = True
