@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from . import svgplot as sp
+from .config import BOTH, SIDES
 from .metrics import MIN_PAIRS_FOR_CI
 from .svgplot import Series, fmt_num, num
 
@@ -79,6 +80,15 @@ def _status(c: dict[str, Any]) -> str:
     """``pass``, ``warn`` (beyond tolerance on a side that only warns) or ``fail``; older data has no status."""
     status = c.get("status")
     return status if status in ("pass", "warn", "fail") else "pass" if c.get("passed") else "fail"
+
+
+def _fails_on_side(family: str, delta: float, sides: dict[str, Any]) -> bool:
+    """Whether a change ``delta`` beyond the threshold fails under ``sides`` (the report data's), or only warns."""
+    failing = sides.get(family) or BOTH
+    if failing == BOTH or family not in SIDES:
+        return True
+    above, below = SIDES[family]
+    return failing == (above if delta > 0 else below)
 
 
 def _warning_sentence(checks: list[dict[str, Any]]) -> str:
@@ -168,13 +178,15 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     plots: list[dict[str, Any]] = []
     # Plots (1)-(5) show one checkpoint: for a run, its last step.
     at_step = f" at step {data['step']}" if data.get("step") is not None else ""
+    sides = data.get("sides") or {}  # plots ring failures only: a change on a side that only warns is no failure
 
     def projection() -> str | None:
         base, ckpt, thr = _list(proj.get("baseline")), _list(proj.get("checkpoint")), _list(proj.get("threshold"))
         if not base:
             return None
         flags = [i in asserted and None not in (num(_at(ckpt, i)), num(_at(base, i)), num(_at(thr, i)))
-                 and abs(num(ckpt[i]) - num(base[i])) > num(thr[i]) for i in range(len(all_layers))]
+                 and abs(num(ckpt[i]) - num(base[i])) > num(thr[i])
+                 and _fails_on_side("projection", num(ckpt[i]) - num(base[i]), sides) for i in range(len(all_layers))]
         return sp.line_chart(all_layers, [Series("baseline", base, color=sp.MUTED, dash=True, markers=False),
                                           Series("checkpoint", ckpt, color=sp.PALETTE[1], flags=flags)],
                              band=_band(base, thr), band_label="baseline ± threshold", highlight_x=asserted,
@@ -198,7 +210,8 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         if not roles:
             return None
         flags = [num(_at(ratio, i)) is not None and num(_at(thr, i)) is not None
-                 and abs(num(ratio[i]) - 1.0) > num(thr[i]) for i in range(len(roles))]
+                 and abs(num(ratio[i]) - 1.0) > num(thr[i]) and _fails_on_side("accessibility", num(ratio[i]) - 1.0, sides)
+                 for i in range(len(roles))]
         return sp.bar_chart(roles, [_at(ratio, i) for i in range(len(roles))], tolerance=[_at(thr, i) for i in range(len(roles))],
                             flags=flags, title=f"Persona accessibility{at_step} (checkpoint ÷ baseline), largest change first",
                             xlabel="accessibility ratio (1 = unchanged)", above_label="more accessible",
@@ -240,7 +253,7 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     traj = data.get("trajectory")
     if traj:
-        plots += _trajectory_plots(traj, all_layers)
+        plots += _trajectory_plots(traj, all_layers, sides)
     return plots
 
 
@@ -262,7 +275,7 @@ def _max_dev(matrix: Sequence[Sequence[Any]], center: float) -> float:
     return max(devs, default=0.0)
 
 
-def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[str, Any]]:
+def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any], sides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     steps = _list(traj.get("steps"))
     target = traj.get("target_layer")
     t_idx = all_layers.index(target) if target in all_layers else (target if isinstance(target, int) else 0)
@@ -294,7 +307,8 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
             return None
         t, n = num(_at(thr, t_idx)), num(_at(noise, t_idx))
         zeros = [0.0] * len(steps)
-        flags = [t is not None and num(v) is not None and abs(num(v)) > t for v in shift_t]
+        flags = [t is not None and num(v) is not None and abs(num(v)) > t and _fails_on_side("projection", num(v), sides or {})
+                 for v in shift_t]
         return sp.line_chart(steps, [Series(f"shift at layer {target}", shift_t, color=sp.PALETTE[1], flags=flags)],
                              band=_band(zeros, [t] * len(steps)), band_label="± threshold",
                              inner_band=_band(zeros, [n] * len(steps)), inner_label="± noise (1σ)",

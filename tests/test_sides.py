@@ -164,3 +164,57 @@ def test_verdict_line_counts_warnings_apart():
                                     "2 beyond it on a side that only warns)")
     assert verdict_line(checks[:1]) == "PASS (1/1 checks within tolerance)"
     assert verdict_line([checks[0], checks[3]]) == "FAIL (1/2 checks within tolerance)"
+
+
+def _warn_instead(check: dict) -> dict:
+    """A failing projection or accessibility check of the report data, made to fail only on its other side."""
+    from dataclasses import fields
+
+    made = Check(**{f.name: check[f.name] for f in fields(Check)})
+    if made.family in SIDES and made.exceeded:
+        made.failing_side = next(side for side in SIDES[made.family] if side != made.side)
+    return made.to_dict() | {"message": made.message()}
+
+
+def test_report_shows_warnings_with_their_own_colour_count_and_table(tmp_path):
+    from drift_suite.report import render_report
+    from report_example import example_report_data
+
+    data = example_report_data(with_trajectory=False, failing=True)
+    data["checks"] = [_warn_instead(c) for c in data["checks"] if c["family"] != "rotation"]
+    data["sides"] = {"projection": "toward_assistant", "accessibility": "less", "text": "SIDES-IN-FORCE"}
+    warned = [c for c in data["checks"] if c["status"] == "warn"]
+    assert warned and all(c["passed"] for c in data["checks"])
+    data["verdict"] = "PASS"
+    html = render_report(data, tmp_path / "r.html").read_text()
+    n = len(warned)
+    assert f"<title>PASS with {n} warnings" in html and 'class="banner PASS warned"' in html
+    assert f'<div class="sub">with {n} warnings</div>' in html and f"<b>{n}</b> warned" in html
+    assert html.count('<span class="pill warn">WARN</span>') == n and html.count('class="warnrow"') == n
+    assert f"{n} warnings: beyond tolerance on a side that only warns" in html
+    assert html.count("SIDES-IN-FORCE") == 2  # the banner and the warnings table
+    assert "No check fails. Warning:" in html and "Yes, on a side that only warns" in html
+    assert 'class="failrow"' not in html and "0 / " in html
+    # plot (1) rings failures only: every projection change here is toward the roles, which only warns
+    def rings(page: str) -> int:
+        figure = page[page.index('<figure id="projection"'):]
+        return figure[:figure.index("</figure>")].count('r="7"')
+
+    assert rings(html) == 0
+    data["sides"] = {}
+    assert rings(render_report(data, tmp_path / "two-sided.html").read_text()) == n_projection_warned(data) > 0
+
+
+def n_projection_warned(data: dict) -> int:
+    return sum(c["status"] == "warn" and c["family"] == "projection" for c in data["checks"])
+
+
+def test_report_of_old_data_without_status_has_no_warnings(tmp_path):
+    from drift_suite.report import render_report
+    from report_example import example_report_data
+
+    data = example_report_data(with_trajectory=False, failing=True)
+    for check in data["checks"]:
+        check.pop("status"), check.pop("failing_side")
+    html = render_report(data, tmp_path / "r.html").read_text()
+    assert "warned</" not in html and "pill warn" not in html and "warnrow\"" not in html and "<title>FAIL ·" in html
