@@ -218,3 +218,25 @@ def test_report_of_old_data_without_status_has_no_warnings(tmp_path):
         check.pop("status"), check.pop("failing_side")
     html = render_report(data, tmp_path / "r.html").read_text()
     assert "warned</" not in html and "pill warn" not in html and "warnrow\"" not in html and "<title>FAIL ·" in html
+
+
+def test_the_baseline_records_nothing_about_sides(tiny_checkpoint, tmp_path):
+    """Sides are a gate setting: a baseline written under any of them is the same file as one written under none."""
+    import json
+
+    from drift_suite.config import config_from_options
+    from drift_suite.runner import DriftCheck
+    from test_plugin import FAST_CONFIG
+
+    (tmp_path / "pyproject.toml").write_text(FAST_CONFIG)
+    written = {}
+    for name, sides in (("default", None), ("one-sided", "projection=toward_roles,accessibility=more")):
+        config = config_from_options(tmp_path, sides=sides)
+        DriftCheck(tiny_checkpoint, tmp_path / name, config=config, cache_dir=tmp_path / "cache", update_baseline=True,
+                   progress=False).write_baseline()
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        files = {key: (tmp_path / name / path).read_bytes() for key, path in manifest["files"].items()}
+        manifest.pop("created")
+        written[name] = (manifest, files)
+    assert written["default"] == written["one-sided"]
+    assert "toward_roles" not in json.dumps(written["one-sided"][0])
