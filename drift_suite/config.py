@@ -66,10 +66,6 @@ class Sides:
         """The side of ``family`` that fails (``both`` for rotation, which has no side)."""
         return getattr(self, family) if family in SIDES else BOTH
 
-    @property
-    def one_sided(self) -> bool:
-        return any(getattr(self, family) != BOTH for family in SIDES)
-
     def describe(self) -> str:
         """One line for the summary and the report, e.g. ``projection fails toward_roles (toward_assistant only warns), ...``."""
         parts = []

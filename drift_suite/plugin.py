@@ -303,9 +303,22 @@ def drift_session(request: pytest.FixtureRequest) -> DriftSession:
 
 
 @pytest.fixture(scope="session")
-def drift(drift_session: DriftSession) -> "DriftOutcome":
+def drift(drift_session: DriftSession, request: pytest.FixtureRequest) -> "DriftOutcome":
     """The measured outcome: ``drift.baseline``, ``drift.final.comparison``, ``drift.steps`` (runs), ``drift.gate_checks()``."""
-    return drift_session.outcome()
+    outcome = drift_session.outcome()
+    _record_in_junit(request, outcome)
+    return outcome
+
+
+def _record_in_junit(request: pytest.FixtureRequest, outcome: "DriftOutcome") -> None:
+    """The verdict (with its warnings) and the sides in force as ``<testsuite>`` properties of ``--junitxml``."""
+    if not request.config.pluginmanager.has_plugin("junitxml"):
+        return
+    from .compare import verdict_line
+
+    record = request.getfixturevalue("record_testsuite_property")  # a no-op without --junitxml
+    record("drift_suite_verdict", verdict_line(outcome.gate_checks()))
+    record("drift_suite_sides", outcome.config.sides.to_option())
 
 
 @pytest.fixture(scope="session")

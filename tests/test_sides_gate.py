@@ -68,7 +68,12 @@ def test_a_shift_on_a_side_that_only_warns_passes_with_its_warning_everywhere(su
         "*WARN " + WARNED + "*",
     ])
     assert output.index("verdict: PASS with 1 warning") < output.index("WARN " + WARNED)
-    cases = ET.parse(suite.path / "junit.xml").getroot().iter("testcase")
+    root = ET.parse(suite.path / "junit.xml").getroot()
+    suite_properties = {p.get("name"): p.get("value") for p in root.find("testsuite").find("properties")}
+    assert suite_properties == {"drift_suite_verdict": "PASS with 1 warning (28/29 checks within tolerance, 1 beyond it on a "
+                                                       "side that only warns)",
+                                "drift_suite_sides": "projection=toward_roles,accessibility=both"}
+    cases = root.iter("testcase")
     properties = {case.get("name"): [(p.get("name"), p.get("value")) for p in case.iter("property")] for case in cases}
     warned = {name: props for name, props in properties.items() if props}
     assert list(warned) == ["test_default_persona_projection[layer1]"], properties
