@@ -30,7 +30,8 @@ def _check(args: argparse.Namespace) -> int:
     from .runner import DriftCheck
 
     config = config_from_options(
-        Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough, args.device, args.dtype, args.device_map
+        Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough, args.device, args.dtype, args.device_map,
+        sides=args.sides,
     )
     check = DriftCheck(
         checkpoint=args.checkpoint,
@@ -55,11 +56,16 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_PASS
     for line in outcome.baseline_update or []:
         print(f"baseline: {line}")
+    from .compare import verdict_line
+
     checks = outcome.gate_checks()
     failed = [c for c in checks if not c.passed]
     for check_result in failed:
         print(f"FAIL {check_result.message()}")
-    print(f"verdict: {'PASS' if not failed else 'FAIL'} ({len(checks) - len(failed)}/{len(checks)} checks within tolerance)")
+    for check_result in outcome.gate_warnings():
+        print(f"WARN {check_result.message()}")
+    print(f"verdict: {verdict_line(checks)}")
+    print(f"sides: {outcome.config.sides.describe()}")
     if outcome.placement is not None:
         from .baseline import describe_placement
 
@@ -134,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--persona-set", help="'builtin' (default) or an upstream-format persona dir")
     check.add_argument("--layers", help="asserted layers for a new baseline: auto or L1,L2,...")
     check.add_argument("--k-sigma", type=float, help="noise-floor units a metric may move (default 3)")
+    check.add_argument("--sides", metavar="projection=SIDE,accessibility=SIDE",
+                       help="which direction of a change fails, the other only warns: projection both|toward_roles|"
+                            "toward_assistant, accessibility both|more|less (default: [tool.drift_suite] sides, else both)")
     check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens, batch × (prompt + answer) (default 32768)")
     check.add_argument("--thorough", action="store_true", help="use the larger measurement design")
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")

@@ -8,17 +8,21 @@ from typing import Any
 import numpy as np
 
 from .baseline import Baseline
-from .config import Thresholds
+from .config import BOTH, SIDES, Sides, Thresholds
 from .measure import Measurement
 from .metrics import accessibility, angle_deg, assistant_axis, project
 
 PROJECTION, ROTATION, ACCESSIBILITY = "projection", "rotation", "accessibility"
-BOTH = "both"
-SIDES: dict[str, tuple[str, str]] = {
-    PROJECTION: ("toward_assistant", "toward_roles"),
-    ACCESSIBILITY: ("more", "less"),
-}
-"""Per family with a direction: the side a value above the baseline moved to, then the side below it."""
+__all__ = ["ACCESSIBILITY", "BOTH", "PROJECTION", "ROTATION", "SIDES", "Check", "Comparison", "DriftWarning", "compare",
+           "verdict_line"]
+
+
+class DriftWarning(UserWarning):
+    """A check beyond its threshold on a side that does not fail (see :class:`~drift_suite.config.Sides`).
+
+    The suites' tests emit it, so it shows in pytest's warnings summary; ``-W error::drift_suite.compare.DriftWarning``
+    makes it fail like the other side.
+    """
 
 
 @dataclass
@@ -105,7 +109,9 @@ class Check:
     def message(self) -> str:
         where = f" at step {self.step}" if self.step is not None else ""
         verdict = "drifted" if not self.passed else "within tolerance"
-        if self.direction:
+        if self.warning:
+            verdict = f"beyond tolerance, {self.direction} (warning: only {self.failing_side} fails)"
+        elif self.direction:
             verdict += f" ({self.direction})" if self.passed else f" {self.direction}"
         return (
             f"{self.family} {self.subject}{where} {verdict}: {self.value:.4g}{self.unit} vs baseline "
@@ -116,6 +122,22 @@ class Check:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed, "sigmas": self.sigmas, "deviation": self.deviation,
                                "direction": self.direction, "status": self.status}
+
+
+def verdict_line(checks: list[Check]) -> str:
+    """``PASS (47/47 checks within tolerance)``, ``PASS with 11 warnings (36/47 ...)``, ``FAIL ...``: the summary's verdict.
+
+    Without warnings (always so with the default sides) it is the same text as before sides existed.
+    """
+    failed = sum(check.status == "fail" for check in checks)
+    warned = sum(check.status == "warn" for check in checks)
+    verdict = "FAIL" if failed else "PASS"
+    if not warned:
+        return f"{verdict} ({len(checks) - failed}/{len(checks)} checks within tolerance)"
+    plural = "s" if warned != 1 else ""
+    failed_text = f"{failed} failed, " if failed else ""
+    return (f"{verdict} with {warned} warning{plural} ({len(checks) - failed - warned}/{len(checks)} checks within tolerance, "
+            f"{failed_text}{warned} beyond it on a side that only warns)")
 
 
 @dataclass
@@ -149,8 +171,13 @@ class Comparison:
         return [c for c in self.checks if c.family == family]
 
 
-def compare(baseline: Baseline, measurement: Measurement, thresholds: Thresholds, step: int | None = None) -> Comparison:
-    """Every metric of ``measurement`` against ``baseline``; checks only at the baseline's asserted layers."""
+def compare(
+    baseline: Baseline, measurement: Measurement, thresholds: Thresholds, step: int | None = None, sides: Sides = Sides()
+) -> Comparison:
+    """Every metric of ``measurement`` against ``baseline``; checks only at the baseline's asserted layers.
+
+    ``sides`` sets each check's ``failing_side``: beyond the threshold on the other side it warns instead of failing.
+    """
     axis = baseline.axis
     axis_norm = np.linalg.norm(axis, axis=-1)
     layers = baseline.asserted_layers
@@ -173,6 +200,7 @@ def compare(baseline: Baseline, measurement: Measurement, thresholds: Thresholds
             Check(
                 "projection", f"layer {layer}", float(checkpoint_projection[layer]), float(base_projection[layer]),
                 float(projection_threshold[layer]), float(noise.projection[layer]), step=step,
+                failing_side=sides.failing_side(PROJECTION),
                 detail=f"[shift {(checkpoint_projection[layer] - base_projection[layer]) / axis_norm[layer]:+.1%} of axis length]",
             )
         )
@@ -186,7 +214,7 @@ def compare(baseline: Baseline, measurement: Measurement, thresholds: Thresholds
         checks.append(
             Check(
                 "accessibility", role, float(access[index]), 1.0, float(access_threshold[index]),
-                float(noise.accessibility[index]), step=step,
+                float(noise.accessibility[index]), step=step, failing_side=sides.failing_side(ACCESSIBILITY),
             )
         )
     return Comparison(

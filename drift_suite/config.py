@@ -7,13 +7,23 @@ options. Unknown keys are rejected so a typo never silently falls back to a defa
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .conversations import Design
-from .errors import DriftSuiteError
+from .errors import ConfigError, DriftSuiteError
 from .extract import GenerationSettings
+
+BOTH = "both"
+SIDES: dict[str, tuple[str, str]] = {
+    "projection": ("toward_assistant", "toward_roles"),
+    "accessibility": ("more", "less"),
+}
+"""Per family with a direction: the side a value above the baseline moved to, then the side below it.
+(The Assistant Axis points from the roles to the assistant, so a projection above baseline moved toward the
+assistant; an accessibility ratio above 1 means the role is easier to slip into.) Rotation has no sign."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,79 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class Sides:
+    """Per family, which direction of a change beyond its threshold fails; the other direction only warns.
+
+    ``both`` (the default) fails either way. A gate setting, never stored in the baseline. Rotation has no
+    direction and always fails beyond its threshold, so it has no entry here.
+    """
+
+    projection: str = BOTH
+    """``both``, ``toward_roles`` (the model became less assistant-like) or ``toward_assistant``."""
+    accessibility: str = BOTH
+    """``both``, ``more`` (roles became easier to slip into) or ``less`` (role-play takes hold less)."""
+
+    def __post_init__(self) -> None:
+        for family in SIDES:
+            value = getattr(self, family)
+            if value not in (BOTH, *SIDES[family]):
+                raise ConfigError(f"sides: {family} = {value!r} is not a side; choose one of {_choices(family)}")
+
+    def failing_side(self, family: str) -> str:
+        """The side of ``family`` that fails (``both`` for rotation, which has no side)."""
+        return getattr(self, family) if family in SIDES else BOTH
+
+    def describe(self) -> str:
+        """One line for the summary and the report, e.g. ``projection fails toward_roles (toward_assistant only warns), ...``."""
+        parts = []
+        for family, (above, below) in SIDES.items():
+            failing = getattr(self, family)
+            if failing == BOTH:
+                parts.append(f"{family} fails both ways")
+            else:
+                parts.append(f"{family} fails {failing} ({below if failing == above else above} only warns)")
+        return ", ".join(parts) + "; rotation always fails"
+
+    def to_option(self) -> str:
+        """The setting as ``--drift-sides`` / ``--sides`` takes it."""
+        return ",".join(f"{family}={getattr(self, family)}" for family in SIDES)
+
+
+def _choices(family: str) -> str:
+    return ", ".join((BOTH, *SIDES[family]))
+
+
+def parse_sides(spec: str | Mapping[str, Any], where: str = "sides") -> dict[str, str]:
+    """``{family: side}`` from ``"projection=toward_roles,accessibility=more"`` or a TOML table; checked names.
+
+    Unknown families and sides are refused in one line (rotation with its own reason), before anything loads.
+    """
+    if isinstance(spec, str):
+        pairs: list[tuple[str, Any]] = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            if "=" not in part:
+                raise ConfigError(f"{where}: expected FAMILY=SIDE pairs such as 'projection=toward_roles,accessibility=more', got {part!r}")
+            family, _, side = part.partition("=")
+            pairs.append((family.strip(), side.strip()))
+    elif isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    else:
+        raise ConfigError(f"{where}: expected a table such as {{ projection = \"toward_roles\", accessibility = \"more\" }}, got {spec!r}")
+    sides: dict[str, str] = {}
+    for family, side in pairs:
+        if family == "rotation":
+            raise ConfigError(f"{where}: rotation has no side (an angle has no direction); it always fails above its threshold")
+        if family not in SIDES:
+            raise ConfigError(f"{where}: unknown family {family!r}; families with sides: {', '.join(SIDES)}")
+        if not isinstance(side, str) or side not in (BOTH, *SIDES[family]):
+            raise ConfigError(f"{where}: {family} = {side!r} is not a side; choose one of {_choices(family)}")
+        sides[family] = side
+    return sides
+
+
+@dataclass(frozen=True)
 class DriftConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     layers: str | tuple[int, ...] = "auto"
@@ -48,6 +131,8 @@ class DriftConfig:
     """``auto`` (bfloat16 on a GPU that supports it, else float32), ``float32``, ``bfloat16`` or ``float16``."""
     device_map: str | None = None
     """``"auto"`` shards a model too large for one GPU over all visible GPUs."""
+    sides: Sides = field(default_factory=Sides)
+    """Which direction of a change fails, per family (the other warns); see :class:`Sides`."""
 
 
 def resolve_layers(spec: str | tuple[int, ...] | list[int], num_layers: int) -> list[int]:
@@ -85,12 +170,15 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(obj)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise DriftSuiteError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
     return replace(obj, **values)
 
 
 def load_config(start: Path | None = None, overrides: dict[str, Any] | None = None) -> DriftConfig:
-    """Defaults, then ``[tool.drift_suite]`` (with sub-tables thresholds/design/generation), then overrides."""
+    """Defaults, then ``[tool.drift_suite]`` (with sub-tables thresholds/design/generation), then overrides.
+
+    ``sides`` (a table, or the option string) merges per family: an override of one family keeps the other's.
+    """
     config = DriftConfig()
     pyproject = find_pyproject(start or Path.cwd())
     table: dict[str, Any] = {}
@@ -98,7 +186,7 @@ def load_config(start: Path | None = None, overrides: dict[str, Any] | None = No
         try:
             table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("drift_suite", {})
         except tomllib.TOMLDecodeError as exc:
-            raise DriftSuiteError(f"{pyproject}: invalid TOML ({exc})") from None
+            raise ConfigError(f"{pyproject}: invalid TOML ({exc})") from None
     merged = {**table, **(overrides or {})}
     nested = {}
     for name, cls_value in (("thresholds", config.thresholds), ("design", config.design), ("generation", config.generation)):
@@ -106,6 +194,10 @@ def load_config(start: Path | None = None, overrides: dict[str, Any] | None = No
         section.update((overrides or {}).get(name, {}))
         nested[name] = _apply(cls_value, section, f"[tool.drift_suite.{name}]")
         merged.pop(name, None)
+    sides = parse_sides(table["sides"], "[tool.drift_suite] sides") if "sides" in table else {}
+    sides.update(parse_sides((overrides or {}).get("sides", {})))
+    merged.pop("sides", None)
+    nested["sides"] = Sides(**sides)
     if "layers" in merged and isinstance(merged["layers"], list):
         merged["layers"] = tuple(merged["layers"])
     config = _apply(config, merged, "[tool.drift_suite]")
@@ -121,9 +213,16 @@ def config_from_options(
     device: str | None = None,
     dtype: str | None = None,
     device_map: str | None = None,
+    sides: str | None = None,
 ) -> DriftConfig:
-    """The config for command-line options (pytest's or the CLI's) over ``pyproject.toml`` and defaults."""
+    """The config for command-line options (pytest's or the CLI's) over ``pyproject.toml`` and defaults.
+
+    ``sides``: ``"projection=toward_roles,accessibility=more"`` (``--drift-sides`` / ``--sides``); a bad name
+    raises :class:`~drift_suite.errors.ConfigError` (exit 4) here, before any model loads.
+    """
     overrides: dict[str, Any] = {}
+    if sides:
+        overrides["sides"] = parse_sides(sides, "sides option")
     for name, value in (("device", device), ("dtype", dtype), ("device_map", device_map)):
         if value:
             overrides[name] = value

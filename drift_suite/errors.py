@@ -35,6 +35,12 @@ class BaselineError(DriftSuiteError):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(DriftSuiteError):
+    """A setting in ``[tool.drift_suite]`` or on the command line that cannot be used (unknown key or value)."""
+
+    exit_code = EXIT_USAGE
+
+
 class PersonaSetError(DriftSuiteError):
     """A persona-set directory that does not follow the upstream format."""
 

@@ -7,7 +7,10 @@ so the plugin costs nothing in test runs that do not use it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
 
 _SESSION_KEY = pytest.StashKey["DriftSession"]()
 DEFAULT_REPORT = "reports/drift-report.html"
+JUNIT_WARNING_PROPERTY = "drift_warning"
+"""The JUnit XML ``<property>`` name a warned check writes into its ``<testcase>`` (JUnit XML has no warnings)."""
+_running_item: contextvars.ContextVar[pytest.Item | None] = contextvars.ContextVar("drift_suite_running_item", default=None)
 
 
 def _positive_float(text: str) -> float:
@@ -55,6 +61,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="asserted layers when writing a baseline (default: [tool.drift_suite] layers or auto)")
     group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
                     help="noise-floor units a metric may move before it fails (default 3)")
+    group.addoption("--drift-sides", metavar="projection=SIDE,accessibility=SIDE",
+                    help="which direction of a change fails, the other only warns: projection both|toward_roles|"
+                         "toward_assistant, accessibility both|more|less (default: [tool.drift_suite] sides, else both; "
+                         "rotation always fails)")
     group.addoption("--max-batch-tokens", type=int, metavar="N",
                     help="memory budget per generation batch in tokens (batch × (prompt + answer); default 32768)")
     group.addoption("--thorough", action="store_true", help="measure with the larger design (more conversations)")
@@ -181,6 +191,7 @@ class DriftSession:
                 device=option("device"),
                 dtype=option("dtype"),
                 device_map=option("device_map"),
+                sides=option("drift_sides"),
             )
             self._check = DriftCheck(
                 checkpoint=checkpoint,
@@ -292,9 +303,22 @@ def drift_session(request: pytest.FixtureRequest) -> DriftSession:
 
 
 @pytest.fixture(scope="session")
-def drift(drift_session: DriftSession) -> "DriftOutcome":
+def drift(drift_session: DriftSession, request: pytest.FixtureRequest) -> "DriftOutcome":
     """The measured outcome: ``drift.baseline``, ``drift.final.comparison``, ``drift.steps`` (runs), ``drift.gate_checks()``."""
-    return drift_session.outcome()
+    outcome = drift_session.outcome()
+    _record_in_junit(request, outcome)
+    return outcome
+
+
+def _record_in_junit(request: pytest.FixtureRequest, outcome: "DriftOutcome") -> None:
+    """The verdict (with its warnings) and the sides in force as ``<testsuite>`` properties of ``--junitxml``."""
+    if not request.config.pluginmanager.has_plugin("junitxml"):
+        return
+    from .compare import verdict_line
+
+    record = request.getfixturevalue("record_testsuite_property")  # a no-op without --junitxml
+    record("drift_suite_verdict", verdict_line(outcome.gate_checks()))
+    record("drift_suite_sides", outcome.config.sides.to_option())
 
 
 @pytest.fixture(scope="session")
@@ -304,10 +328,31 @@ def drift_checks(drift: "DriftOutcome") -> dict[tuple[str, str], Any]:
 
 
 def assert_check(check: Any) -> None:
-    """Fail with the check's message (metric, layer/persona, value, baseline, threshold) and how to accept it."""
+    """Fail with the check's message (metric, layer/persona, value, baseline, threshold) and how to accept it.
+
+    A check beyond its threshold on a side that only warns passes with a :class:`~drift_suite.compare.DriftWarning`
+    (pytest's warnings summary) and a ``drift_warning`` property on its JUnit XML ``<testcase>``.
+    """
     __tracebackhide__ = True
     if not check.passed:
         pytest.fail(f"{check.message()}\n  to accept this as the new reference: rerun with --update-baselines", pytrace=False)
+    if check.warning:
+        from .compare import DriftWarning
+
+        item = _running_item.get()
+        if item is not None:
+            item.user_properties.append((JUNIT_WARNING_PROPERTY, check.message()))
+        warnings.warn(DriftWarning(check.message()), stacklevel=2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Remember the running test, so :func:`assert_check` can put a warning into its JUnit XML properties."""
+    token = _running_item.set(item)
+    try:
+        return (yield)
+    finally:
+        _running_item.reset(token)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -330,10 +375,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if outcome.baseline_update:
         for line in outcome.baseline_update:
             write(f"baseline: {line}")
-    failed = [c for c in outcome.gate_checks() if not c.passed]
-    total = len(outcome.gate_checks())
-    verdict = "PASS" if not failed else "FAIL"
-    write(f"verdict: {verdict} ({total - len(failed)}/{total} checks within tolerance) for {outcome.checkpoint}")
+    from .compare import verdict_line
+
+    gate = outcome.gate_checks()
+    failed = [c for c in gate if not c.passed]
+    write(f"verdict: {verdict_line(gate)} for {outcome.checkpoint}")
+    write(f"sides: {outcome.config.sides.describe()}")
     if outcome.placement is not None:
         from .baseline import describe_placement
 
@@ -342,6 +389,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         write(f"  {check.message()}", red=True)
     if len(failed) > 5:
         write(f"  ... and {len(failed) - 5} more (see the report)")
+    warned = outcome.gate_warnings()
+    for check in warned[:5]:
+        write(f"  WARN {check.message()}", yellow=True)
+    if len(warned) > 5:
+        write(f"  ... and {len(warned) - 5} more warnings (see the report)")
     timing = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in outcome.timings.items())
     write(f"timings: {timing}")
     for note in outcome.decoder_notes():

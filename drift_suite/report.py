@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from . import svgplot as sp
+from .config import BOTH, SIDES
 from .metrics import MIN_PAIRS_FOR_CI
 from .svgplot import Series, fmt_num, num
 
@@ -71,11 +72,48 @@ def _check_row(c: dict[str, Any]) -> dict[str, Any]:
         "direction": c.get("direction") or "–",
         "sigmas": _sigmas_text(c.get("sigmas")), "threshold": with_unit(c.get("threshold")),
         "passed": bool(c.get("passed")), "message": c.get("message", ""),
+        "status": _status(c),
     }
 
 
+def _status(c: dict[str, Any]) -> str:
+    """``pass``, ``warn`` (beyond tolerance on a side that only warns) or ``fail``; older data has no status."""
+    status = c.get("status")
+    return status if status in ("pass", "warn", "fail") else "pass" if c.get("passed") else "fail"
+
+
+def _fails_on_side(family: str, delta: float, sides: dict[str, Any]) -> bool:
+    """Whether a change ``delta`` beyond the threshold fails under ``sides`` (the report data's), or only warns."""
+    failing = sides.get(family) or BOTH
+    if failing == BOTH or family not in SIDES:
+        return True
+    above, below = SIDES[family]
+    return failing == (above if delta > 0 else below)
+
+
+def _warning_sentence(checks: list[dict[str, Any]]) -> str:
+    """What moved beyond tolerance on a side that only warns, by direction ("" when nothing did)."""
+    warned = [c for c in checks if _status(c) == "warn"]
+    if not warned:
+        return ""
+    by_direction: dict[str, list[str]] = {}
+    for c in warned:
+        by_direction.setdefault(str(c.get("direction") or "moved"), []).append(str(c.get("subject")))
+    parts = [f"{direction} ({', '.join(subjects[:6])}{', …' if len(subjects) > 6 else ''})" for direction, subjects in by_direction.items()]
+    return (f"Warning: {len(warned)} of {len(checks)} moved beyond tolerance on a side that only warns: "
+            + "; ".join(parts) + ".")
+
+
 def _family_meaning(family: str, checks: list[dict[str, Any]], data: dict[str, Any]) -> str:
-    """One plain-language sentence per metric family for the summary."""
+    """One plain-language sentence per metric family for the summary, then its warnings if any."""
+    warning = _warning_sentence(checks)
+    if warning and all(c.get("passed") for c in checks):
+        return "No check fails. " + warning
+    meaning = _failures_meaning(family, checks, data)
+    return f"{meaning} {warning}" if warning else meaning
+
+
+def _failures_meaning(family: str, checks: list[dict[str, Any]], data: dict[str, Any]) -> str:
     failed = [c for c in checks if not c.get("passed")]
     worst = max(checks, key=lambda c: num(c.get("sigmas")) if num(c.get("sigmas")) is not None else math.inf, default=None)
     if not checks:
@@ -140,13 +178,15 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     plots: list[dict[str, Any]] = []
     # Plots (1)-(5) show one checkpoint: for a run, its last step.
     at_step = f" at step {data['step']}" if data.get("step") is not None else ""
+    sides = data.get("sides") or {}  # plots ring failures only: a change on a side that only warns is no failure
 
     def projection() -> str | None:
         base, ckpt, thr = _list(proj.get("baseline")), _list(proj.get("checkpoint")), _list(proj.get("threshold"))
         if not base:
             return None
         flags = [i in asserted and None not in (num(_at(ckpt, i)), num(_at(base, i)), num(_at(thr, i)))
-                 and abs(num(ckpt[i]) - num(base[i])) > num(thr[i]) for i in range(len(all_layers))]
+                 and abs(num(ckpt[i]) - num(base[i])) > num(thr[i])
+                 and _fails_on_side("projection", num(ckpt[i]) - num(base[i]), sides) for i in range(len(all_layers))]
         return sp.line_chart(all_layers, [Series("baseline", base, color=sp.MUTED, dash=True, markers=False),
                                           Series("checkpoint", ckpt, color=sp.PALETTE[1], flags=flags)],
                              band=_band(base, thr), band_label="baseline ± threshold", highlight_x=asserted,
@@ -170,7 +210,8 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
         if not roles:
             return None
         flags = [num(_at(ratio, i)) is not None and num(_at(thr, i)) is not None
-                 and abs(num(ratio[i]) - 1.0) > num(thr[i]) for i in range(len(roles))]
+                 and abs(num(ratio[i]) - 1.0) > num(thr[i]) and _fails_on_side("accessibility", num(ratio[i]) - 1.0, sides)
+                 for i in range(len(roles))]
         return sp.bar_chart(roles, [_at(ratio, i) for i in range(len(roles))], tolerance=[_at(thr, i) for i in range(len(roles))],
                             flags=flags, title=f"Persona accessibility{at_step} (checkpoint ÷ baseline), largest change first",
                             xlabel="accessibility ratio (1 = unchanged)", above_label="more accessible",
@@ -212,7 +253,7 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     traj = data.get("trajectory")
     if traj:
-        plots += _trajectory_plots(traj, all_layers)
+        plots += _trajectory_plots(traj, all_layers, sides)
     return plots
 
 
@@ -234,7 +275,7 @@ def _max_dev(matrix: Sequence[Sequence[Any]], center: float) -> float:
     return max(devs, default=0.0)
 
 
-def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[str, Any]]:
+def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any], sides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     steps = _list(traj.get("steps"))
     target = traj.get("target_layer")
     t_idx = all_layers.index(target) if target in all_layers else (target if isinstance(target, int) else 0)
@@ -266,7 +307,8 @@ def _trajectory_plots(traj: dict[str, Any], all_layers: list[Any]) -> list[dict[
             return None
         t, n = num(_at(thr, t_idx)), num(_at(noise, t_idx))
         zeros = [0.0] * len(steps)
-        flags = [t is not None and num(v) is not None and abs(num(v)) > t for v in shift_t]
+        flags = [t is not None and num(v) is not None and abs(num(v)) > t and _fails_on_side("projection", num(v), sides or {})
+                 for v in shift_t]
         return sp.line_chart(steps, [Series(f"shift at layer {target}", shift_t, color=sp.PALETTE[1], flags=flags)],
                              band=_band(zeros, [t] * len(steps)), band_label="± threshold",
                              inner_band=_band(zeros, [n] * len(steps)), inner_label="± noise (1σ)",
@@ -358,12 +400,19 @@ def _spearman_text(spear: dict[str, Any], long: bool = False) -> str:
 
 def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The research questions, each answered from the checks and pointing at its plots."""
-    def family_answer(family: str, yes: str, no: str) -> tuple[str, str]:
+    def family_answer(family: str, yes: str, no: str) -> tuple[str, str, str | None]:
         checks = by_family.get(family, [])
         if not checks:
-            return "n/a", "Not checked in this run."
+            return "n/a", "Not checked in this run.", None
         failed = [c for c in checks if not c.get("passed")]
-        return ("yes", yes.format(n=len(failed), t=len(checks))) if failed else ("no", no.format(t=len(checks)))
+        warned = [c for c in checks if _status(c) == "warn"]
+        if failed:
+            more = f" ({len(warned)} more beyond it on a side that only warns)" if warned else ""
+            return "yes", yes.format(n=len(failed), t=len(checks)).rstrip(".") + more + ".", None
+        if warned:
+            return "yes", (f"Yes, on a side that only warns: {len(warned)} of {len(checks)} beyond threshold, "
+                           "none on a side that fails."), "warn"
+        return "no", no.format(t=len(checks)), None
 
     traj = data.get("trajectory") or {}
     spear = traj.get("spearman") if traj else None
@@ -393,15 +442,15 @@ def _questions(data: dict[str, Any], by_family: dict[str, list[dict[str, Any]]])
         layer_ans = ("n/a", "No layer profile in this run.")
     return [
         {"q": "Does RL shift the model in persona space?", "links": [("projection", "(1)"), ("shift-vs-step", "(7)")],
-         **dict(zip(("status", "answer"), family_answer(
+         **dict(zip(("status", "answer", "cls"), family_answer(
              "projection", "Yes: projection checks fail at {n} of {t} asserted layers.",
              "No: the projection stays within threshold at all {t} asserted layers.")))},
         {"q": "Does the Assistant Axis rotate?", "links": [("rotation", "(2)")],
-         **dict(zip(("status", "answer"), family_answer(
+         **dict(zip(("status", "answer", "cls"), family_answer(
              "rotation", "Yes: the axis rotated beyond threshold at {n} of {t} asserted layers.",
              "No: rotation stays within threshold at all {t} asserted layers.")))},
         {"q": "Do personas become more or less accessible?", "links": [("accessibility", "(4)"), ("accessibility-heatmap", "(5)")],
-         **dict(zip(("status", "answer"), family_answer(
+         **dict(zip(("status", "answer", "cls"), family_answer(
              "accessibility", "Yes: {n} of {t} personas changed beyond tolerance.",
              "No: all {t} personas are within tolerance.")))},
         {"q": "Does reward correlate with drift?", "links": [("reward-drift", "(8)")], "status": corr[0], "answer": corr[1]},
@@ -427,9 +476,11 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
     checks = [c for c in _list(data.get("checks")) if isinstance(c, dict)]
     by_family = {f: [c for c in checks if c.get("family") == f] for f in FAMILIES}
     failed = [c for c in checks if not c.get("passed")]
+    n_warned = sum(_status(c) == "warn" for c in checks)
     verdict = str(data.get("verdict") or ("FAIL" if failed else "PASS")).upper()
     families = [{"name": f, "title": FAMILY_TITLES[f], "total": len(by_family[f]),
                  "failed": sum(not c.get("passed") for c in by_family[f]),
+                 "warned": sum(_status(c) == "warn" for c in by_family[f]),
                  "meaning": _family_meaning(f, by_family[f], data)} for f in FAMILIES]
     # Failed first, worst (most σ) first within each group.
     ordered = sorted(checks, key=lambda c: (bool(c.get("passed")), -(num(c.get("sigmas")) if num(c.get("sigmas")) is not None else math.inf)))
@@ -440,6 +491,9 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
         "title": data.get("title") or "Assistant-Axis drift report",
         "created": data.get("created") or "",
         "verdict": verdict,
+        "n_warned": n_warned,
+        "verdict_text": f"{verdict} with {n_warned} warning{'' if n_warned == 1 else 's'}" if n_warned else verdict,
+        "sides": data.get("sides") or {},
         "checkpoint": data.get("checkpoint") or "–",
         "baseline_dir": data.get("baseline_dir") or "–",
         "model": data.get("model") or {},
@@ -451,7 +505,8 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
         "n_failed": len(failed), "n_total": len(checks),
         "families": families,
         "failed_rows": [r for r in rows if not r["passed"]],
-        "passed_rows": [r for r in rows if r["passed"]],
+        "warned_rows": [r for r in rows if r["status"] == "warn"],
+        "passed_rows": [r for r in rows if r["status"] == "pass"],
         "questions": _questions(data, by_family),
         "plots": plots,
         "plot_ids": {p["id"] for p in plots},

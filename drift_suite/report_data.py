@@ -50,6 +50,7 @@ def build_report_data(outcome: DriftOutcome) -> dict[str, Any]:
         "model": baseline.manifest["model"],
         "persona_set": baseline.manifest["persona_set"],
         "thresholds": outcome.config.thresholds.__dict__,
+        "sides": outcome.config.sides.__dict__ | {"text": outcome.config.sides.describe()},
         "timings": outcome.timings,
         "versions": baseline.manifest.get("versions", {}),
         "placement": {

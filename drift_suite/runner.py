@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,18 +93,35 @@ class DriftOutcome:
         return [d for d in dict.fromkeys(result.measurement.decoder for result in self.steps) if d != "fast"]
 
     def gate_checks(self) -> list[Check]:
-        """One check per (family, subject): the worst over steps, so the gate names the step that failed."""
+        """One check per (family, subject): the worst over steps, so the gate names the step that failed.
+
+        Worst is a failure before a warning before a pass, then the larger severity (the earlier step on a
+        tie): a step that fails is never hidden behind a bigger change on a side that only warns.
+        """
         worst: dict[tuple[str, str], Check] = {}
         for result in self.steps:
             for check in result.comparison.checks:
                 key = (check.family, check.subject)
-                if key not in worst or check.severity > worst[key].severity:
+                if key not in worst or _gate_rank(check) > _gate_rank(worst[key]):
                     worst[key] = check
         return list(worst.values())
+
+    def gate_warnings(self) -> list[Check]:
+        """The gate checks beyond their threshold on a side that only warns, largest first."""
+        return sorted((c for c in self.gate_checks() if c.warning), key=lambda c: -_gate_rank(c)[1])
 
     @property
     def passed(self) -> bool:
         return all(check.passed for check in self.gate_checks())
+
+
+_STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def _gate_rank(check: Check) -> tuple[int, float]:
+    """Status first, then severity; a not-finite severity (a broken value) ranks above every finite one."""
+    severity = check.severity
+    return _STATUS_RANK[check.status], math.inf if math.isnan(severity) else severity
 
 
 def read_reward_log(run_dir: str | Path) -> dict[int, float]:
@@ -357,7 +375,7 @@ class DriftCheck:
         for (step, path), (measurement, measure_timings) in zip(targets, measured):
             timings.update(measure_timings)
             start = time.perf_counter()
-            comparison = compare(baseline, measurement, self.config.thresholds, step=step)
+            comparison = compare(baseline, measurement, self.config.thresholds, step=step, sides=self.config.sides)
             timings[f"metrics {Path(path).name}"] = time.perf_counter() - start
             self.reporter.stage(f"compare {Path(path).name}: {timings[f'metrics {Path(path).name}']:.1f} s")
             steps.append(StepResult(step, path, comparison, measurement))
@@ -403,7 +421,7 @@ def trajectory(outcome: DriftOutcome, target_layer: int) -> dict[str, Any]:
     for family in ("projection", "rotation", "accessibility"):
         family_checks = [c for c in gate if c.family == family]
         if family_checks:
-            worst_check = max(family_checks, key=lambda c: c.severity)
+            worst_check = max(family_checks, key=_gate_rank)
             worst[family] = worst_check.step
     return {
         "steps": steps,

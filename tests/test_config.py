@@ -34,3 +34,43 @@ def test_unknown_keys_are_rejected(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.drift_suite.thresholds]\nk_sigmaa = 5.0\n")
     with pytest.raises(DriftSuiteError, match="k_sigmaa"):
         load_config(tmp_path)
+
+
+def test_sides_from_pyproject_inline_table_and_options(tmp_path):
+    from drift_suite.config import Sides, config_from_options
+
+    assert load_config(tmp_path).sides == Sides() == Sides("both", "both")
+    (tmp_path / "pyproject.toml").write_text('[tool.drift_suite]\nsides = { projection = "toward_roles", accessibility = "more" }\n')
+    assert load_config(tmp_path).sides == Sides(projection="toward_roles", accessibility="more")
+    # an option overrides the families it names and keeps the others
+    assert config_from_options(tmp_path, sides="projection=toward_assistant").sides == Sides("toward_assistant", "more")
+    assert config_from_options(tmp_path, sides=" accessibility = less , projection=both").sides == Sides("both", "less")
+    (tmp_path / "pyproject.toml").write_text('[tool.drift_suite.sides]\naccessibility = "less"\n')
+    assert load_config(tmp_path).sides == Sides(accessibility="less")
+    assert Sides("toward_roles", "more").to_option() == "projection=toward_roles,accessibility=more"
+    assert Sides("toward_roles").describe() == (
+        "projection fails toward_roles (toward_assistant only warns), accessibility fails both ways; rotation always fails")
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("rotation=more", "rotation has no side"),
+        ("persona=more", "unknown family 'persona'"),
+        ("projection=toward_role", "projection = 'toward_role' is not a side; choose one of both, toward_assistant, toward_roles"),
+        ("accessibility=toward_roles", "accessibility = 'toward_roles' is not a side; choose one of both, more, less"),
+        ("projection", "expected FAMILY=SIDE pairs"),
+    ],
+)
+def test_bad_sides_are_one_line_usage_errors(tmp_path, spec, message):
+    from drift_suite.config import config_from_options
+    from drift_suite.errors import EXIT_USAGE, ConfigError
+
+    with pytest.raises(ConfigError, match=message) as raised:
+        config_from_options(tmp_path, sides=spec)
+    assert raised.value.exit_code == EXIT_USAGE and "\n" not in str(raised.value)
+    family, _, side = spec.partition("=")
+    (tmp_path / "pyproject.toml").write_text(f'[tool.drift_suite]\nsides = {{ {family} = "{side}" }}\n' if side else
+                                             f'[tool.drift_suite]\nsides = "{spec}"\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path)
