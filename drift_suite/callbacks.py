@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from .conversations import Design, build_conversations, render_prompts
-from .distributed import barrier, process_context
+from .process import barrier, process_context
 from .errors import BaselineError
 from .extract import GenerationSettings, generate_and_capture
 from .metrics import angle_deg, assistant_axis, group_means, projection_shift
