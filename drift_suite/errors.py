@@ -35,6 +35,23 @@ class BaselineError(DriftSuiteError):
     exit_code = EXIT_USAGE
 
 
+class NonFiniteError(DriftSuiteError):
+    """NaN or Inf in a model's activations or logits while measuring: a broken checkpoint, not drift.
+
+    Values too large to square in float32 count too: the model's next RMSNorm squares them in float32, so it
+    computes with Inf (a matrix scaled by 1e30 gives finite activations, and nonsense). ``layer`` is the first
+    decoder layer whose output was non-finite (None: the decoder layers were finite, the logits were not);
+    ``row`` is the prompt, in the order measured, where it was seen first.
+    """
+
+    exit_code = EXIT_MEASUREMENT_FAILED
+
+    def __init__(self, message: str, layer: int | None = None, row: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.row = row
+
+
 class PersonaSetError(DriftSuiteError):
     """A persona-set directory that does not follow the upstream format."""
 
