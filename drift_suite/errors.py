@@ -12,7 +12,8 @@ EXIT_DRIFT = 1
 EXIT_INTERRUPTED = 2
 """Interrupted (Ctrl-C), or a command line the parser rejects (``drift-suite`` options, as argparse does)."""
 EXIT_MEASUREMENT_FAILED = 3
-"""The model could not be loaded or measured: corrupt weights or adapter, out of memory, an internal error."""
+"""The model could not be loaded or measured: corrupt weights or adapter, NaN or Inf in its activations or logits,
+out of memory, an internal error."""
 EXIT_USAGE = 4
 """Bad input found before measuring, or a baseline that does not fit the checkpoint: no verdict possible."""
 EXIT_NO_TESTS = 5

@@ -13,7 +13,10 @@ forward more than ``generate`` would run; its logits are thrown away). The end-o
 not averaged (the two-pass reference excludes it too).
 
 The running sums live on the model's device in float32 (whatever the model's dtype), so the hooks never copy
-to the host or synchronise; each batch comes back to the host once, at its end. A model the fast decoder
+to the host or synchronise; each batch comes back to the host once, at its end, and with it the check that the
+model computed with finite numbers (:func:`check_finite`: one reduction over the batch's means, plus the
+picked tokens' logits summed on the device as it decodes). A broken model stops the measurement with
+:class:`~drift_suite.errors.NonFiniteError` (exit 3) instead of reading as drift. A model the fast decoder
 cannot drive (:func:`drift_suite.decode.fast_decoder_blocker`) is measured with ``generate`` and a second
 forward instead, and :attr:`Extraction.decoder` says which path ran.
 """
