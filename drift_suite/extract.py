@@ -271,14 +271,14 @@ def check_finite(health: np.ndarray, rows: Sequence[int]) -> None:
     layer's squared norm of the mean answer activation, then a logit sum) holds NaN or Inf.
 
     It names the first decoder layer with a non-finite entry (a corrupt layer leaves the layers before it
-    finite: they never see its output) and the first of ``rows`` (prompt indices) where it is non-finite.
+    finite: they never see its output) and the lowest of ``rows`` (prompt indices) where it is non-finite there.
     A squared norm overflows float32 only past |x| ~ 1.8e19, orders of magnitude beyond any working model.
     """
     bad = ~np.isfinite(health)
     if not bad.any():
         return
     column = int(bad.any(axis=0).argmax())
-    row = rows[int(bad[:, column].argmax())]
+    row = min(rows[i] for i in np.flatnonzero(bad[:, column]))
     layers = health.shape[1] - 1
     if column < layers:
         raise NonFiniteError(f"non-finite activations (NaN, Inf, or too large to square in float32) from decoder layer "

@@ -71,14 +71,14 @@ def damaged(model: torch.nn.Module, damage) -> None:
             weight.copy_(kept)
 
 
-def test_the_check_names_the_first_non_finite_layer_and_its_first_row():
+def test_the_check_names_the_first_non_finite_layer_and_its_lowest_conversation():
+    rows = [12, 10, 11]  # prompt indices, in batch order
     health = np.ones((3, 5), dtype=np.float32)  # 4 layers, then the logit sums
-    check_finite(health, [10, 11, 12])
-    health[2, 3] = np.inf
-    health[1, 2] = np.nan
-    health[2, 2] = np.nan
+    check_finite(health, rows)
+    health[0, 3] = np.inf  # a later layer
+    health[0, 2] = health[2, 2] = np.nan  # layer 2 in prompts 12 and 11
     with pytest.raises(NonFiniteError, match="decoder layer 2 of 4") as error:
-        check_finite(health, [10, 11, 12])
+        check_finite(health, rows)
     assert (error.value.layer, error.value.row) == (2, 11)
     logits_only = np.ones((2, 5), dtype=np.float32)
     logits_only[1, 4] = np.nan
