@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def broken(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def damaged(model: torch.nn.Module, damage) -> None:
+def damaged(model: torch.nn.Module, damage: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """``model`` with ``damage`` done to its layer-1 down_proj in place, undone after."""
     weight = model.get_parameter(MATRIX)
     kept = weight.detach().clone()
     with torch.no_grad():
