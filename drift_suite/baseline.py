@@ -260,6 +260,12 @@ def load_baseline(directory: str | Path, checkpoint_hint: str = "<reference mode
         baseline = Baseline(manifest, tensors["default_mean"], tensors["role_means"], noise, tensors["embed_fingerprint"], samples)
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise BaselineError(f"{folder}: corrupt baseline data ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    non_finite = sorted(name for name, tensor in tensors.items() if not np.isfinite(tensor).all())
+    if non_finite:
+        raise BaselineError(
+            f"{folder}: baseline tensor {non_finite[0]} holds NaN or Inf (measured from a broken model, or damaged); "
+            "regenerate with --update-baselines from a working reference model"
+        )
     layers, hidden = manifest["model"]["num_layers"], manifest["model"]["hidden_size"]
     if baseline.default_mean.shape != (layers, hidden) or baseline.role_means.shape[0] != len(baseline.roles):
         raise BaselineError(f"{folder}: baseline tensors do not match its manifest; regenerate with --update-baselines")

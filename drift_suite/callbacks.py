@@ -36,8 +36,8 @@ from transformers import (
 )
 
 from .conversations import Design, build_conversations, render_prompts
-from .distributed import barrier, process_context
-from .errors import BaselineError, DriftSuiteError, one_line
+from .errors import BaselineError, NonFiniteError, one_line
+from .process import barrier, process_context
 from .extract import GenerationSettings, generate_and_capture
 from .metrics import angle_deg, assistant_axis, group_means, projection_shift
 from .personas import DEFAULT_ROLE, PersonaSet, builtin_persona_set
@@ -96,14 +96,6 @@ def sharded_weights(args: TrainingArguments | None) -> str:
     deepspeed = getattr(args, "deepspeed_plugin", None) if args is not None else None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or str(getattr(deepspeed, "zero_stage", ""))
     return "DeepSpeed ZeRO-3" if stage == "3" else ""
-
-
-def _is_non_finite(exc: BaseException) -> bool:
-    """A measurement that met NaN/Inf activations (``drift_suite.errors.NonFiniteError``, where it exists)."""
-    from . import errors
-
-    kind = getattr(errors, "NonFiniteError", None)
-    return isinstance(exc, kind) if isinstance(kind, type) else type(exc).__name__ == "NonFiniteError"
 
 
 def _callback_handler_of(callback: TrainerCallback, depth: int = 4) -> Any:
@@ -349,9 +341,7 @@ class DriftProbeCallback(TrainerCallback):
             start = time.perf_counter()
             try:
                 self.reference = self._probe_reference(model, tokenizer)
-            except DriftSuiteError as exc:
-                if not _is_non_finite(exc):
-                    raise
+            except NonFiniteError as exc:
                 log.error("drift probe: off, the untrained model's measurement failed: %s", one_line(exc))
                 self.reference = None
             if self.reference is not None:
@@ -384,9 +374,7 @@ class DriftProbeCallback(TrainerCallback):
             start = time.perf_counter()
             try:
                 metrics = self.drift_metrics(self.probe(kwargs["model"], kwargs["processing_class"]))
-            except DriftSuiteError as exc:
-                if not _is_non_finite(exc):
-                    raise
+            except NonFiniteError as exc:
                 log.error("drift probe: step %d: %s; no drift numbers at this step, training goes on", state.global_step, one_line(exc))
                 metrics = None
             if metrics is not None:
@@ -400,7 +388,7 @@ class DriftProbeCallback(TrainerCallback):
         if process_context().distributed:
             # Every rank waits for the probe and stops with it, and holds its numbers for on_evaluate (the
             # trainer picks the best checkpoint on every rank).
-            from .distributed import all_gather_bytes
+            from .process import all_gather_bytes
 
             shared = json.loads(all_gather_bytes(json.dumps({"stop": stop, "metrics": self.latest}).encode())[0])
             stop = shared["stop"]

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .distributed import is_main_process
+from .process import is_main_process
 from .errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
 from .quiet import quiet_dependencies
 

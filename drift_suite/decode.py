@@ -515,6 +515,7 @@ def decode(
     static_cache: bool | None = None,
     cuda_graphs: bool | None = None,
     on_path: Callable[[str], None] | None = None,
+    picked_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens for each prompt and feed every one of them back through the model.
 
@@ -535,6 +536,11 @@ def decode(
     ``on_path`` is told which path ran: ``"fast"``, or ``"fast (<what was on or off, and why>)"``.
 
     Sampling, when asked for, is plain temperature sampling from the full softmax, from ``generator``.
+
+    ``picked_logits`` (``(rows,)`` float32 on the model's device) gets the logit of each row's picked token
+    added, in place, at every pick: a finite sum says no row's logits held NaN or +Inf, since the greedy pick
+    takes such a logit wherever it is (a row of non-finite probabilities is picked greedily for that reason).
+    One gather per step, no reduction over the vocabulary, nothing read back.
     """
     device = model_device(model)
     check_every = _stop_check_interval(stop_check_every, device)
@@ -574,6 +580,8 @@ def decode(
             return logits.argmax(-1)
         # On the CPU, where ``generator`` lives, so a seed gives the same answers on any device.
         probabilities = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        if not bool(torch.isfinite(probabilities).all()):  # on the host already; multinomial would raise
+            return logits.argmax(-1)
         return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1).to(device)
 
     with contextlib.ExitStack() as stack:
@@ -606,7 +614,10 @@ def decode(
 
         def pick_and_record(logits: torch.Tensor) -> None:
             """The next token of every row into ``fed`` and ``tokens``; rows that have ended get padding."""
-            fed.copy_(torch.where(finished, pad, pick(logits)))
+            picked = pick(logits)
+            if picked_logits is not None:
+                picked_logits.add_(logits.gather(-1, picked[:, None].to(logits.device)).squeeze(-1).to(picked_logits))
+            fed.copy_(torch.where(finished, pad, picked))
             tokens.index_copy_(1, step_index, fed[:, None])
             finished.logical_or_(is_end_of_turn(fed, eos))
             step_index.add_(1)

@@ -1,156 +1,47 @@
-"""Several processes, one job: who is the main process, which checkpoints each rank measures, and how the
-measurements reach every rank.
+"""Measurements across processes: which checkpoints each rank measures, and how the measurements reach every rank.
 
-Under ``torchrun`` or ``accelerate launch`` every process gets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.
 A run dir's checkpoints are dealt out round-robin (rank r measures targets r, r+N, ...), each rank on its
-own device, and every rank receives every measurement (so all ranks reach the same verdict and exit code);
-only the main process prints and writes files.
+own device, and every rank receives every measurement (so all ranks reach the same verdict and exit code).
+Who this process is (rank, world size, barrier) is :mod:`drift_suite.process`; its names are importable from
+here too.
 
 Measurements travel as safetensors bytes (arrays) plus JSON (answers, timings) over a gloo all-gather of
-uint8 tensors: no pickles, and gloo works on CPU tensors whether or not the job also uses NCCL.
+uint8 tensors: no pickles.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .errors import DriftSuiteError
+# Re-exported: README and users import process identity from here as well.
+from .process import (  # noqa: F401
+    DistributedError,
+    ProcessContext,
+    _one_line,
+    all_gather_bytes,
+    barrier,
+    is_main_process,
+    my_share,
+    on_main_then_share,
+    process_context,
+    raise_first_error,
+)
 
 if TYPE_CHECKING:
-    import torch
-
     from .conversations import Design
     from .measure import Measurement
     from .personas import PersonaSet
 
 T = TypeVar("T")
 
-
-class DistributedError(DriftSuiteError):
-    """Another rank failed; its one-line message, so every rank stops with the same error."""
-
-
-@dataclass(frozen=True)
-class ProcessContext:
-    """This process's place in a multi-process launch (``world_size`` 1 when launched alone)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def process_context() -> ProcessContext:
-    """The launch as ``torchrun`` / ``accelerate launch`` describe it in the environment."""
-    return ProcessContext(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a multi-process launch."""
-    return process_context().is_main
-
-
-_GLOO_GROUP: Any = None
-
-
-def _gloo_group() -> Any:
-    """A gloo process group over all ranks (the default one, or a gloo twin of an NCCL default)."""
-    import torch.distributed as dist
-
-    global _GLOO_GROUP
-    if not dist.is_initialized():
-        # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, which both launchers set.
-        dist.init_process_group(backend="gloo")
-    if _GLOO_GROUP is None:
-        _GLOO_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-    return _GLOO_GROUP
-
-
-def all_gather_bytes(payload: bytes) -> list[bytes]:
-    """Every rank's ``payload``, in rank order, on every rank (a single process gets ``[payload]``)."""
-    if not process_context().distributed:
-        return [payload]
-    import torch
-    import torch.distributed as dist
-
-    group = _gloo_group()
-    world = dist.get_world_size(group)
-    size = torch.tensor([len(payload)], dtype=torch.int64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    longest = max(int(s) for s in sizes)
-    buffer = torch.zeros(longest, dtype=torch.uint8)
-    if payload:
-        buffer[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    buffers = [torch.empty(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(buffers, buffer, group=group)
-    return [bytes(b[: int(n)].numpy().tobytes()) for b, n in zip(buffers, sizes)]
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if process_context().distributed:
-        import torch.distributed as dist
-
-        dist.barrier(group=_gloo_group())
-
-
-def raise_first_error(errors: Sequence[str]) -> None:
-    """Raise the lowest rank's error on every rank, so no rank waits for one that has given up."""
-    for rank, error in enumerate(errors):
-        if error:
-            raise DistributedError(error if rank == process_context().rank else f"rank {rank}: {error}")
-
-
-def on_main_then_share(work: Callable[[], T], after: Callable[[], T]) -> T:
-    """Run ``work`` on the main process; the others run ``after`` once it has finished.
-
-    An error on the main process is raised on every rank (with its message), never left as a hang.
-    """
-    context = process_context()
-    if not context.distributed:
-        return work()
-    result: Any = None
-    failure: Exception | None = None
-    if context.is_main:
-        try:
-            result = work()
-        except Exception as exc:  # shared before raising: the other ranks are waiting for word
-            failure = exc
-    errors = [e.decode() for e in all_gather_bytes(_one_line(failure).encode())]
-    if failure is not None:
-        raise failure
-    raise_first_error(errors)
-    return result if context.is_main else after()
-
-
-def _one_line(failure: Exception | None) -> str:
-    if failure is None:
-        return ""
-    return (str(failure).splitlines() or [""])[0] or type(failure).__name__
-
-
-def my_share(items: Sequence[T], context: ProcessContext | None = None) -> list[tuple[int, T]]:
-    """``(index, item)`` for the items this rank handles: indices rank, rank+N, ..."""
-    context = context or process_context()
-    return [(i, item) for i, item in enumerate(items) if i % context.world_size == context.rank]
+__all__ = [
+    "DistributedError", "ProcessContext", "all_gather_bytes", "barrier", "is_main_process", "measure_across_processes",
+    "my_share", "on_main_then_share", "pack", "process_context", "raise_first_error", "share_work", "unpack",
+]
 
 
 # ------------------------------------------------------------------------------------------ payloads

@@ -12,7 +12,8 @@ EXIT_DRIFT = 1
 EXIT_INTERRUPTED = 2
 """Interrupted (Ctrl-C), or a command line the parser rejects (``drift-suite`` options, as argparse does)."""
 EXIT_MEASUREMENT_FAILED = 3
-"""The model could not be loaded or measured: corrupt weights or adapter, out of memory, an internal error."""
+"""The model could not be loaded or measured: corrupt weights or adapter, NaN or Inf in its activations or logits,
+out of memory, an internal error."""
 EXIT_USAGE = 4
 """Bad input found before measuring, or a baseline that does not fit the checkpoint: no verdict possible."""
 EXIT_NO_TESTS = 5
@@ -39,6 +40,23 @@ class ConfigError(DriftSuiteError):
     """A setting in ``[tool.drift_suite]`` or on the command line that cannot be used (unknown key or value)."""
 
     exit_code = EXIT_USAGE
+
+
+class NonFiniteError(DriftSuiteError):
+    """NaN or Inf in a model's activations or logits while measuring: a broken checkpoint, not drift.
+
+    Values too large to square in float32 count too: the model's next RMSNorm squares them in float32, so it
+    computes with Inf (a matrix scaled by 1e30 gives finite activations, and nonsense). ``layer`` is the first
+    decoder layer whose output was non-finite (None: the decoder layers were finite, the logits were not);
+    ``row`` is the prompt, in the order measured, where it was seen first.
+    """
+
+    exit_code = EXIT_MEASUREMENT_FAILED
+
+    def __init__(self, message: str, layer: int | None = None, row: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.row = row
 
 
 class PersonaSetError(DriftSuiteError):

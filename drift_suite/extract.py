@@ -13,7 +13,10 @@ forward more than ``generate`` would run; its logits are thrown away). The end-o
 not averaged (the two-pass reference excludes it too).
 
 The running sums live on the model's device in float32 (whatever the model's dtype), so the hooks never copy
-to the host or synchronise; each batch comes back to the host once, at its end. A model the fast decoder
+to the host or synchronise; each batch comes back to the host once, at its end, and with it the check that the
+model computed with finite numbers (:func:`check_finite`: one reduction over the batch's means, plus the
+picked tokens' logits summed on the device as it decodes). A broken model stops the measurement with
+:class:`~drift_suite.errors.NonFiniteError` (exit 3) instead of reading as drift. A model the fast decoder
 cannot drive (:func:`drift_suite.decode.fast_decoder_blocker`) is measured with ``generate`` and a second
 forward instead, and :attr:`Extraction.decoder` says which path ran.
 """
@@ -28,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .decode import decode, fast_decoder_blocker, is_end_of_turn, left_pad
+from .errors import NonFiniteError
 from .models import decoder_layers
 from .placement import model_device
 
@@ -101,6 +105,21 @@ class _AnswerAccumulator:
         self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.max_tokens = max_tokens
         self.mask: torch.Tensor | None = None
+        self.picked_logits = torch.zeros(batch, dtype=torch.float32, device=device)
+        """Summed logits of the picked tokens (:func:`~drift_suite.decode.decode`'s ``picked_logits``)."""
+
+    def to_host(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Means ``(rows, layers, hidden)``, token counts ``(rows,)`` and health ``(rows, layers + 1)``, in the
+        batch's one transfer to the host (two copies: the means, and everything else as one small tensor).
+
+        Health: each layer's squared norm of the mean (float32, as the model's next RMSNorm squares it), then the
+        summed picked logits; a non-finite entry is a broken model (:func:`check_finite`). One reduction on the
+        device, over the means, once per batch."""
+        means = self.sums / self.counts.clamp(min=1)[:, None, None]
+        # Counts ride along as float32: exact far beyond any max_new_tokens.
+        small = torch.cat([self.counts[:, None].float(), means.square().sum(-1), self.picked_logits[:, None]], dim=1)
+        host_means, host_small = means.cpu().numpy(), small.cpu().numpy()
+        return host_means, host_small[:, 0].astype(np.int64), host_small[:, 1:]
 
     def before_forward(self, fed: torch.Tensor | None) -> None:
         """Called before each forward with the generated tokens being fed back, or ``None`` for the prefill.
@@ -227,10 +246,10 @@ def generate_and_capture(
                 temperature=settings.temperature, generator=generator, share_prefixes=share_prefixes,
                 pack_weights=pack_weights, stop_check_every=stop_check_every, static_cache=static_cache,
                 cuda_graphs=cuda_graphs if settings.cuda_graphs else False, on_path=paths.append,
+                picked_logits=acc.picked_logits,
             )
-            # The batch's one transfer to the host.
-            batch_counts = acc.counts.cpu().numpy()
-            batch_means = (acc.sums / acc.counts.clamp(min=1)[:, None, None]).cpu().numpy()
+            batch_means, batch_counts, health = acc.to_host()
+            check_finite(health, batch)
             for row, i in enumerate(batch):
                 means[i], counts[i] = batch_means[row], batch_counts[row]
                 answer = generated[row, : batch_counts[row]]
@@ -245,6 +264,34 @@ def generate_and_capture(
             handle.remove()
         bar.close()
     return Extraction(means, counts, responses, answer_ids, decoder=join_decoder_paths(paths))
+
+
+def check_finite(health: np.ndarray, rows: Sequence[int]) -> None:
+    """Raise :class:`~drift_suite.errors.NonFiniteError` if ``health`` (``(batch, layers + 1)``: each decoder
+    layer's squared norm of the mean answer activation, then a logit sum) holds NaN or Inf.
+
+    It names the first decoder layer with a non-finite entry (a corrupt layer leaves the layers before it
+    finite: they never see its output) and the lowest of ``rows`` (prompt indices) where it is non-finite there.
+    A squared norm overflows float32 only past |x| ~ 1.8e19, orders of magnitude beyond any working model.
+    """
+    bad = ~np.isfinite(health)
+    if not bad.any():
+        return
+    column = int(bad.any(axis=0).argmax())
+    row = min(rows[i] for i in np.flatnonzero(bad[:, column]))
+    layers = health.shape[1] - 1
+    if column < layers:
+        raise NonFiniteError(f"non-finite activations (NaN, Inf, or too large to square in float32) from decoder layer "
+                             f"{column} of {layers}", layer=column, row=row)
+    raise NonFiniteError("non-finite logits (NaN or Inf) after finite decoder layers: the final norm or the output head",
+                         layer=None, row=row)
+
+
+def host_health(means: np.ndarray, logit_sums: np.ndarray) -> np.ndarray:
+    """:func:`check_finite`'s ``health`` from means already on the host (the ``generate`` path)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        squared = np.square(means.astype(np.float32)).sum(-1, dtype=np.float32)
+    return np.concatenate([squared, logit_sums.astype(np.float32)[:, None]], axis=1)
 
 
 def join_decoder_paths(paths: Sequence[str]) -> str:
@@ -298,7 +345,9 @@ def _generate_then_reforward(
                     report(bar.n, len(encoded))
         finally:
             bar.close()
-    means = _reforward_ids(model, encoded, answer_ids)
+    logit_sums: list[float] = []
+    means = _reforward_ids(model, encoded, answer_ids, logit_sums)
+    check_finite(host_health(means, np.array(logit_sums)), range(len(encoded)))
     responses = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answer_ids]
     counts = np.array([len(ids) for ids in answer_ids], dtype=np.int64)
     return Extraction(means, counts, responses, answer_ids, decoder=f"generate+reforward ({reason})")
@@ -339,9 +388,13 @@ def reforward_answer_means(
 
 @torch.inference_mode()
 def _reforward_ids(
-    model: torch.nn.Module, prompts_ids: Sequence[Sequence[int]], responses_ids: Sequence[Sequence[int]]
+    model: torch.nn.Module, prompts_ids: Sequence[Sequence[int]], responses_ids: Sequence[Sequence[int]],
+    logit_sums: list[float] | None = None,
 ) -> np.ndarray:
-    """``(conversations, layers, hidden)`` float32 means over answer positions, one unpadded forward each."""
+    """``(conversations, layers, hidden)`` float32 means over answer positions, one unpadded forward each.
+
+    ``logit_sums`` gets, per conversation, the sum over answer positions of the largest logit (NaN or Inf if any
+    logit there is: the largest propagates NaN)."""
     rows = []
     layers = decoder_layers(model)
     device = model_device(model)
@@ -350,10 +403,12 @@ def _reforward_ids(
         captured: list[torch.Tensor] = []
         handles = [layer.register_forward_hook(lambda _m, _a, out: captured.append(_hidden_of(out)[0])) for layer in layers]
         try:
-            model(input_ids=ids)
+            out = model(input_ids=ids)
         finally:
             for handle in handles:
                 handle.remove()
+        if logit_sums is not None:
+            logit_sums.append(float(out.logits[0, len(prompt_ids) - 1 :].float().amax(-1).sum()))
         stacked = torch.stack(captured)[:, len(prompt_ids) :, :]
         rows.append(stacked.float().mean(dim=1).cpu().numpy() if len(answer) else np.zeros(stacked.shape[::2], np.float32))
     return np.stack(rows)

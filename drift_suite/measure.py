@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from . import __version__, cache
 from .conversations import Conversation, Design, build_conversations, render_prompts
+from .errors import NonFiniteError
 from .extract import GenerationSettings, generate_and_capture, join_decoder_paths, plan_batches
 from .metrics import assistant_axis, group_means
-from .models import LoadedModel, weights_digest
+from .models import LoadedModel, decoder_layers, weights_digest
 from .personas import DEFAULT_ROLE, PersonaSet
 from .progress import ProgressCallback
 
@@ -112,7 +113,7 @@ def measure(
         weights_digest=digest,
     )
     if cache_dir is not None:
-        hit = cache.load(Path(cache_dir), key)
+        hit = _finite_entry(cache.load(Path(cache_dir), key))
         if hit is not None:
             tensors, metadata = hit
             return Measurement(
@@ -125,9 +126,12 @@ def measure(
                 **common,
             )
     start = time.perf_counter()
-    means, token_counts, responses, batch_keys, decoder = _generate_by_batch(
-        loaded, conversations, settings, cache_dir, key, progress
-    )
+    try:
+        means, token_counts, responses, batch_keys, decoder = _generate_by_batch(
+            loaded, conversations, settings, cache_dir, key, progress
+        )
+    except NonFiniteError as error:
+        raise NonFiniteError(_non_finite_message(loaded, conversations, error), error.layer, error.row) from None
     timings["generate_and_capture_s"] = time.perf_counter() - start
     if cache_dir is not None:
         stored = cache.store(
@@ -142,6 +146,28 @@ def measure(
     return Measurement(
         means=means, token_counts=token_counts, responses=responses, timings=timings, decoder=decoder, **common
     )
+
+
+def _finite_entry(hit: tuple[dict[str, np.ndarray], dict[str, str]] | None) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """A cache entry, or None (a miss) if its means are not finite: measured again, it fails as it should."""
+    if hit is None or not np.isfinite(hit[0].get("means", np.zeros(0))).all():
+        return None
+    return hit
+
+
+def _non_finite_message(loaded: LoadedModel, conversations: list[Conversation], error: NonFiniteError) -> str:
+    """``error`` as one line that names the model and the conversation where it was seen first."""
+    info = loaded.info
+    model = f"{info.model_id} + adapter {info.adapter}" if info.adapter else info.model_id
+    where = ""
+    if error.layer is not None:
+        layer = decoder_layers(loaded.model)[error.layer]
+        where = next((f" ({name})" for name, module in loaded.model.named_modules() if module is layer), "")
+    if error.row is not None:
+        conversation = conversations[error.row]
+        question = conversation.question if len(conversation.question) <= 60 else conversation.question[:57] + "..."
+        where += f", first in conversation {error.row} ({conversation.role}, question {question!r})"
+    return f"{model}: {error}{where}; the checkpoint is broken, not drifted"
 
 
 def batch_key(key: str, batch: list[int]) -> str:
@@ -180,7 +206,7 @@ def _generate_by_batch(
 
     todo = []
     for index, batch in enumerate(batches):
-        hit = cache.load(Path(cache_dir), batch_key(key, batch)) if cache_dir is not None else None
+        hit = _finite_entry(cache.load(Path(cache_dir), batch_key(key, batch))) if cache_dir is not None else None
         if hit is not None and hit[0]["means"].shape == (len(batch), *means.shape[1:]):
             fill(batch, hit[0]["means"], hit[0]["token_counts"], json.loads(hit[1]["responses"]))
             paths.append(hit[1].get("decoder", "fast"))
@@ -194,7 +220,14 @@ def _generate_by_batch(
             # A seed per batch makes a sampled batch the same whether or not the run was resumed.
             batch_settings = replace(settings, seed=settings.seed + index)
             step_report = False if report is None else (lambda d, _total, before=done: report(before + d, len(prompts)))
-            part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=step_report)
+            try:
+                part = generate_and_capture(loaded.model, loaded.tokenizer, [prompts[i] for i in batch], batch_settings, progress=step_report)
+            except NonFiniteError as error:
+                if cache_dir is not None:  # a broken model leaves nothing cached, not even its finite batches
+                    for done_batch in batches:
+                        cache.discard(Path(cache_dir), batch_key(key, done_batch))
+                # Its row counts within this batch: make it the conversation's.
+                raise NonFiniteError(str(error), error.layer, None if error.row is None else batch[error.row]) from None
             fill(batch, part.means, part.token_counts, part.responses)
             paths.append(part.decoder)
             if cache_dir is not None and batch is not todo[-1][1]:  # the last one is cached whole, next

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DriftSuiteError
+from .process import process_context
 
 if TYPE_CHECKING:  # torch loads lazily: the plugin and the CLI read OPTION_HELP at start-up
     import torch
@@ -120,8 +121,6 @@ def resolve_placement(
         raise DriftSuiteError(f"--device-map: expected 'auto' (shard the model over the visible GPUs); got {device_map!r}")
     if map_spec is not None and not has_cuda:
         raise DriftSuiteError("--device-map auto: shards a model over CUDA GPUs, and none is available here; leave it out")
-    from .distributed import process_context
-
     resolved_device = _resolve_device(device or "auto", has_cuda, count, process_context().local_rank)
     if map_spec is not None and resolved_device == "cpu":
         raise DriftSuiteError("--device-map auto places the model on the GPUs; it cannot be combined with --device cpu")

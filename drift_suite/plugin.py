@@ -234,7 +234,7 @@ class DriftSession:
 
     def write_report(self) -> Path | None:
         target = self.pytest_config.getoption("drift_report")
-        from .distributed import is_main_process
+        from .process import is_main_process
 
         if self._outcome is None or not target or target == "none" or not is_main_process():
             return None
@@ -266,7 +266,7 @@ def _stop(message: str, exit_code: int) -> None:
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists, so a non-main rank can drop it
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = DriftSession(config)
-    from .distributed import is_main_process
+    from .process import is_main_process
 
     if config.getoption("checkpoint") is not None and not is_main_process():
         # torchrun / accelerate launch: every rank runs the same tests to the same verdict; one prints.
@@ -358,7 +358,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drift_session: DriftSession = session.config.stash[_SESSION_KEY]
     drift_session.write_report()
-    from .distributed import is_main_process
+    from .process import is_main_process
 
     if drift_session.requested and not is_main_process():
         # A launcher stops every rank once one exits non-zero; the main process's exit code is the verdict.

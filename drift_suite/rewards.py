@@ -149,7 +149,7 @@ def _agree_across_processes(error: RewardFunctionError | None) -> None:
     Each rank scores its own completions; a rank that gave up alone would leave the others waiting in TRL's
     gather of the rewards. One small exchange per reward call keeps them together.
     """
-    from .distributed import all_gather_bytes, process_context
+    from .process import all_gather_bytes, process_context
 
     if not process_context().distributed:
         if error is not None:

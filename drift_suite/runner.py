@@ -30,7 +30,8 @@ from .baseline import (
 )
 from .compare import Check, Comparison, compare
 from .config import DriftConfig, resolve_layers
-from .distributed import measure_across_processes, on_main_then_share, process_context
+from .distributed import measure_across_processes
+from .process import on_main_then_share, process_context
 from .errors import BaselineError, CheckpointError, DriftSuiteError
 from .measure import Measurement, measure
 from .metrics import pca_fit, pca_transform, spearman, spearman_bootstrap_ci

@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run(args)
         except DriftSuiteError as exc:
-            from .distributed import is_main_process
+            from .process import is_main_process
 
             if is_main_process():  # every rank hits the same argument error; one line is enough
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
