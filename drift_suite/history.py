@@ -29,9 +29,9 @@ class HistoryError(ResultsError):
 
 
 def history_file_name(results: dict[str, Any]) -> str:
-    """``20261201T193000Z-<commit 12>[-dirty].json``: sorts by time; names the code it ran in when known."""
-    stamp = re.sub(r"[^0-9]", "", str(results.get("created", "")))[:14]
-    stamp = f"{stamp[:8]}T{stamp[8:]}Z" if len(stamp) == 14 else "run"
+    """``20261201T193000.123Z-<commit 12>[-dirty].json``: sorts by time; names the code it ran in when known."""
+    digits = re.sub(r"[^0-9]", "", str(results.get("created", "")).split("+")[0])
+    stamp = f"{digits[:8]}T{digits[8:14]}" + (f".{digits[14:17]}" if len(digits) >= 17 else "") + "Z" if len(digits) >= 14 else "run"
     git = (results.get("provenance") or {}).get("git")
     if git and git.get("commit"):
         stamp += f"-{git['commit'][:12]}" + ("-dirty" if git.get("dirty") else "")
@@ -101,9 +101,10 @@ def run_row(index: int, results: dict[str, Any]) -> dict[str, Any]:
     return {
         "n": index,
         "file": results["_file"],
-        "created": results.get("created", ""),
+        "created": str(results.get("created", "")).replace("T", " ").split(".")[0].split("+")[0],
         "commit": (git.get("commit") or "")[:10] + ("+dirty" if git.get("dirty") else ""),
         "checkpoint": results["checkpoint"]["spec"] or "–",
+        "checkpoint_short": _short(results["checkpoint"]["spec"]),
         "version": model_version(results) if results["checkpoint"]["targets"] else "–",
         "verdict": results["verdict"],
         "exit_code": results["exit_code"],
@@ -123,8 +124,16 @@ def run_row(index: int, results: dict[str, Any]) -> dict[str, Any]:
         "access_threshold": access["threshold"] if access else None,
         "access_role": access["subject"] if access else "",
         "access_failed": bool(access and access["status"] == "fail"),
-        "failing": [f"{c['family']} {c['subject']}" for c in checks if c["status"] == "fail"][:6],
+        "failing": [f"{c['family']} {c['subject']}" for c in checks if c["status"] == "fail"],
     }
+
+
+def _short(spec: str | None) -> str:
+    """The last two parts of a checkpoint path (``run/checkpoint-40``), or the hub id as given."""
+    if not spec:
+        return "–"
+    parts = spec.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 2 else spec
 
 
 def _versions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -51,7 +51,8 @@ def _finite(value: Any) -> float | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # Milliseconds: history files are named and ordered by it, and CI can run twice in a second.
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def verdict_for(exit_code: int, has_outcome: bool) -> str:

@@ -356,17 +356,23 @@ def test_schema_version_and_file_ship_with_the_package():
 
 
 @pytest.mark.slow
-def test_history_page_reads_in_chromium(cli_results, tmp_path):
-    from test_report import _png_stats, _screenshot_module, needs_chromium  # noqa: F401
+def test_history_page_reads_in_chromium(project, cli_results, tmp_path):
+    from test_report import _png_stats, _screenshot_module
 
     module = _screenshot_module()
     if module.find_chromium() is None:
         pytest.skip("needs chromium (apt-get install -y chromium)")
-    page, _ = render_history(cli_results["pass"][1].parent / "history", tmp_path / "history.html")
-    png = module.screenshot(page, tmp_path / "history.png", height=1600)
+    folder = shutil.copytree(cli_results["pass"][1].parent / "history", tmp_path / "history")
+    with chdir(project["root"]):  # a fine-tune drifting further with every version
+        for scale in (0.02, 0.1, 0.3, 0.6):
+            checkpoint = test_plugin.damaged_copy(project["pass"], tmp_path / f"version-{scale}", range(1, 4), scale=scale)
+            cli_main(["check", str(checkpoint), "--baseline-dir", "baselines", "--report", "none", "--history", str(folder)])
+    page, history = render_history(folder, tmp_path / "history.html")
+    assert len(history.runs) == len(CASES) + 4
+    png = module.screenshot(page, tmp_path / "history.png", height=1800)
     width, height, colours = _png_stats(png)
-    assert (width, height) == (1280, 1600) and colours > 20
+    assert (width, height) == (1280, 1800) and colours > 20
     dom = module.dump_dom(page) or ""
-    assert "Failing checks per run" in dom and "Runs" in dom
+    assert "Failing checks per run" in dom and "Model versions" in dom and dom.count("<svg") == 4
     if os.environ.get("DRIFT_SCREENSHOT_DIR"):
         shutil.copy(png, Path(os.environ["DRIFT_SCREENSHOT_DIR"]) / "history.png")
