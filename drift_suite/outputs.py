@@ -55,16 +55,15 @@ class CIOutputs:
         Runs after the verdict is decided, so nothing here may change it: a write that fails is a warning.
         A run that stopped without a verdict skips the places it could not write (its error named them).
         """
-        if results.get("error"):
-            self = self.writable()
+        outputs = self.writable() if results.get("error") else self
         lines: list[str] = []
         report_name = Path(report).name if report else None
-        results_name = Path(self.json).name if self.json else None
+        results_name = Path(outputs.json).name if outputs.json else None
         markdown = render_markdown(results, report_name, results_name)
         for what, write in (
-            ("results", lambda: write_results(results, self.json) if self.json else None),
-            ("summary", lambda: write_markdown(markdown, self.markdown) if self.markdown else None),
-            ("history", lambda: add_to_history(results, self.history) if self.history else None),
+            ("results", lambda: write_results(results, outputs.json) if outputs.json else None),
+            ("summary", lambda: write_markdown(markdown, outputs.markdown) if outputs.markdown else None),
+            ("history", lambda: add_to_history(results, outputs.history) if outputs.history else None),
         ):
             try:
                 path = write()

@@ -271,9 +271,14 @@ class DriftSession:
             results = build_results(self._outcome, exit_code, "pytest", self.report_path)
         else:
             message = self.error[0] if self.error else self.plan_error if exit_code == 4 and self.plan_error else None
-            results = error_results(message or f"drift_suite: no drift measurement ran (pytest exit code {exit_code})",
-                                    exit_code, "pytest", self.pytest_config.getoption("checkpoint"))
-        warn = lambda text: self.ci_lines.append(f"drift_suite: warning: {text}")  # noqa: E731
+            if message is None:
+                ran = "the run ended" if self._outcome is not None else "no drift measurement ran"
+                message = f"drift_suite: {ran} without a verdict (pytest exit code {exit_code})"
+            results = error_results(message, exit_code, "pytest", self.pytest_config.getoption("checkpoint"))
+
+        def warn(text: str) -> None:
+            self.ci_lines.append(f"drift_suite: warning: {text}")
+
         self.ci_lines += outputs.publish(results, warn, self.report_path)
 
 

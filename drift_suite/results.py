@@ -91,11 +91,11 @@ def check_record(check: "Check", checkpoint: str | None = None) -> dict[str, Any
         "severity": _finite(check.severity),
         "unit": check.unit,
         "direction": check.direction,
-        "side": getattr(check, "side", ""),
-        "failing_side": str(getattr(check, "failing_side", "both")),
-        "status": getattr(check, "status", "pass" if check.passed else "fail"),
+        "side": check.side,
+        "failing_side": str(check.failing_side),
+        "status": check.status,
         "passed": bool(check.passed),
-        "warning": bool(getattr(check, "warning", False)),
+        "warning": bool(check.warning),
         "message": check.message(),
     }
 
@@ -150,7 +150,7 @@ def build_results(outcome: "DriftOutcome", exit_code: int, runner: str = "pytest
     baseline = outcome.baseline
     manifest = baseline.manifest
     checkpoint_of_step = {result.step: result.checkpoint for result in outcome.steps}
-    checks = sorted(outcome.gate_checks(), key=lambda c: (c.passed, not getattr(c, "warning", False), -c.severity))
+    checks = sorted(outcome.gate_checks(), key=lambda c: (c.passed, not c.warning, -c.severity))
     records = [check_record(c, checkpoint_of_step.get(c.step)) for c in checks]
     tensors = str(manifest.get("files", {}).get("tensors", ""))
     baseline_id = re.fullmatch(r"baseline-([0-9a-f]+)\.safetensors", tensors)

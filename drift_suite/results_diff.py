@@ -135,7 +135,8 @@ def render_diff(diff: ResultsDiff, fmt: str = "text", old_name: str = "OLD", new
             lines += ["", f"**{title}**", "", "| check | OLD | NEW | σ OLD → NEW | move |", "|---|---|---|---:|---:|"]
             lines += [f"| {md_escape(c.name)} | {c.old_status or 'absent'} | {c.new_status or 'absent'} | "
                       f"{_sigma(c.old_sigmas)} → {_sigma(c.new_sigmas)} | {_sigma(c.move)} |" for c in changes]
-        lines += [""] + [f"_note: {md_escape(n)}_" for n in diff.notes] if diff.notes else []
+        if diff.notes:
+            lines += ["", *(f"_note: {md_escape(n)}_" for n in diff.notes)]
         return "\n".join(lines) + "\n"
     lines = [head]
     for title, changes in sections:

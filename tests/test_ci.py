@@ -20,7 +20,7 @@ from conftest import REPO
 from drift_suite.ci_summary import MARKER, MAX_ANNOTATIONS, MAX_BYTES, MAX_ROWS, annotations, append_step_summary, render_markdown
 from drift_suite.cli import main as cli_main
 from drift_suite.errors import EXIT_DRIFT, EXIT_MEASUREMENT_FAILED, EXIT_PASS, EXIT_USAGE
-from drift_suite.history import read_history, render_history
+from drift_suite.history import render_history
 from drift_suite.provenance import git_provenance
 from drift_suite.results import SCHEMA_VERSION, load_schema, read_results, schema_errors
 
@@ -376,3 +376,47 @@ def test_history_page_reads_in_chromium(project, cli_results, tmp_path):
     assert "Failing checks per run" in dom and "Model versions" in dom and dom.count("<svg") == 4
     if os.environ.get("DRIFT_SCREENSHOT_DIR"):
         shutil.copy(png, Path(os.environ["DRIFT_SCREENSHOT_DIR"]) / "history.png")
+
+
+def test_a_warning_is_listed_never_failed_and_counted():
+    """A change beyond the threshold on a side that does not fail (one-sided checks): status warn, in the table."""
+    from drift_suite.compare import Check
+    from drift_suite.results import check_record, sides_record
+
+    warned = Check("projection", "layer 3", value=1.0, expected=0.0, threshold=0.5, noise=0.1, failing_side="toward_roles")
+    record = check_record(warned)
+    assert (record["status"], record["passed"], record["warning"], record["side"]) == ("warn", True, True, "toward_assistant")
+    assert record["signed_sigmas"] == pytest.approx(10.0) and record["layer"] == 3 and record["role"] is None
+    results = _fake_results(0) | {"verdict": "pass", "exit_code": 0, "checks": [record],
+                                   "summary": {"checks": 1, "passed": 1, "warnings": 1, "failed": 0}}
+    markdown = render_markdown(results)
+    assert "0 of 1 checks failed, 1 warning" in markdown and "| ⚠️ warn | projection layer 3 |" in markdown
+    assert annotations(results) == []
+
+    class Sides:
+        projection, accessibility = "toward_roles", "both"
+
+    class Config:
+        sides = Sides()
+
+    assert sides_record(Config()) == {"projection": "toward_roles", "accessibility": "both"}
+    assert sides_record(object()) is None
+
+
+@pytest.mark.slow
+def test_compare_on_the_demo_model_names_the_new_failures(demo_model_dir, tmp_path, capsys):
+    """Acceptance: a passing and a failing result of the demo model; compare exits 1 naming the new failures."""
+    from test_real_model import SHIPPED, perturbed_copy
+
+    damaged = perturbed_copy(demo_model_dir, tmp_path / "damaged", range(20, 30), scale=0.3)
+    for name, checkpoint, code in (("main", demo_model_dir, EXIT_PASS), ("pr", damaged, EXIT_DRIFT)):
+        result = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "suites"), "-q", "-p", "no:cacheprovider",
+                                 "--checkpoint", str(checkpoint), "--baseline-dir", str(SHIPPED), "--drift-report", "none",
+                                 "--drift-json", str(tmp_path / f"{name}.json")], cwd=REPO, capture_output=True, text=True,
+                                timeout=1800, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == code == json.loads((tmp_path / f"{name}.json").read_text())["exit_code"], result.stdout[-2000:]
+    failed = [f"{c['family']} {c['subject']}" for c in read_results(tmp_path / "pr.json")["checks"] if c["status"] == "fail"]
+    assert failed
+    assert cli_main(["compare", str(tmp_path / "main.json"), str(tmp_path / "pr.json")]) == EXIT_DRIFT
+    out = capsys.readouterr().out
+    assert f"newly failing ({len(failed)})" in out and all(name in out for name in failed)
