@@ -130,7 +130,8 @@ def _history(args: argparse.Namespace) -> int:
     path, history = render_history(args.directory, args.report)
     for line in history.skipped:
         _warn(f"left out: {line}")
-    print(f"history: {len(history.runs)} runs; report: {path.resolve().as_uri()}")
+    runs = len(history.runs)
+    print(f"history: {runs} run{'s' if runs != 1 else ''}; report: {path.resolve().as_uri()}")
     return EXIT_PASS
 
 

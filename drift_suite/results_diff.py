@@ -88,6 +88,8 @@ def diff_results(old: dict[str, Any], new: dict[str, Any], old_name: str = "OLD"
             diff.recovered.append(change)
         elif change.old_status == change.new_status == "fail":
             diff.still_failing.append(change)
+    for group in (diff.newly_failing, diff.still_failing):  # the furthest from the baseline first
+        group.sort(key=lambda c: -abs(c.new_sigmas) if c.new_sigmas is not None else -float("inf"))
     moved = [c for c in changes if c.move is not None and c.move != 0]
     diff.largest_moves = sorted(moved, key=lambda c: -abs(c.move or 0.0))[:TOP_MOVES]
     old_baseline, new_baseline = old.get("baseline") or {}, new.get("baseline") or {}
