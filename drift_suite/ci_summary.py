@@ -34,6 +34,11 @@ def md_escape(text: Any) -> str:
     return out
 
 
+def md_code(text: Any) -> str:
+    """Text as an inline code span: backslash escapes do not work inside one, so only backticks are replaced."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
+
+
 def _num(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"  # not finite (a zero noise floor): the JSON holds null
@@ -53,7 +58,7 @@ def verdict_line(results: dict[str, Any]) -> str:
     if verdict == "fail" and not summary["failed"]:
         counts += " (another test of the suite failed: see the JUnit report)"
     spec = results["checkpoint"]["spec"]
-    return f"{head}: {counts} · checkpoint `{md_escape(spec)}`" if spec else f"{head}: {counts}"
+    return f"{head}: {counts} · checkpoint {md_code(spec)}" if spec else f"{head}: {counts}"
 
 
 def _row(check: dict[str, Any]) -> str:
@@ -77,7 +82,7 @@ def render_markdown(results: dict[str, Any], report_name: str | None = None, res
     facts = []
     baseline = results.get("baseline") or {}
     if baseline:
-        facts.append(f"baseline `{md_escape(baseline['dir'])}`" + (f" ({md_escape(baseline['id'])})" if baseline.get("id") else ""))
+        facts.append(f"baseline {md_code(baseline['dir'])}" + (f" ({md_escape(baseline['id'])})" if baseline.get("id") else ""))
     if results.get("placement"):
         facts.append(f"measured on {md_escape(results['placement']['description'])}, baseline on {md_escape(baseline.get('placement', '–'))}")
     sides = results.get("sides")
@@ -101,9 +106,9 @@ def render_markdown(results: dict[str, Any], report_name: str | None = None, res
         lines += ["", "</details>"]
     files = []
     if report_name:
-        files.append(f"report: `{md_escape(report_name)}`")
+        files.append(f"report: {md_code(report_name)}")
     if results_name:
-        files.append(f"results: `{md_escape(results_name)}`")
+        files.append(f"results: {md_code(results_name)}")
     if files:
         lines += ["", " · ".join(files)]
     return _cap("\n".join(lines) + "\n")

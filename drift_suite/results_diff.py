@@ -127,10 +127,10 @@ def render_diff(diff: ResultsDiff, fmt: str = "text", old_name: str = "OLD", new
         (f"largest moves in σ (top {TOP_MOVES})", diff.largest_moves),
     ]
     if fmt == "md":
-        from .ci_summary import md_escape
+        from .ci_summary import md_code, md_escape
 
-        lines = ["<!-- drift-suite-compare -->", f"**drift_suite compare**: `{md_escape(old_name)}` ({diff.old_verdict}) → "
-                 f"`{md_escape(new_name)}` ({diff.new_verdict}): **{verdict}**"]
+        lines = ["<!-- drift-suite-compare -->", f"**drift_suite compare**: {md_code(old_name)} ({diff.old_verdict}) → "
+                 f"{md_code(new_name)} ({diff.new_verdict}): **{verdict}**"]
         for title, changes in sections:
             if not changes:
                 continue

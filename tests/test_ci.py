@@ -195,8 +195,11 @@ def test_summary_is_capped_and_annotations_are_at_most_ten():
 def test_summary_escapes_names_and_annotations_escape_newlines():
     results = _fake_results(1, subject="ev|il <b>x</b>")
     results["checks"][0]["message"] = "line one\nline two, 100%"
-    row = next(line for line in render_markdown(results).splitlines() if "fail |" in line)
+    results["checkpoint"]["spec"] = "runs/grpo_1/final"
+    markdown = render_markdown(results)
+    row = next(line for line in markdown.splitlines() if "fail |" in line)
     assert row.count("|") - row.count("\\|") == 9 and "<b>" not in row
+    assert "`runs/grpo_1/final`" in markdown, "no backslash escapes inside a code span: they would show"
     assert annotations(results)[0].endswith("::line one%0Aline two, 100%25")
 
 
