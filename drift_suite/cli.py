@@ -99,7 +99,7 @@ def _publish_outcome(args: argparse.Namespace, outcome: "DriftOutcome", code: in
     """Write the results JSON, summary and history of a run with a verdict; returns ``code`` unchanged."""
     from .results import build_results
 
-    for line in _ci_outputs(args).publish(build_results(outcome, code, "drift-suite check", report), _warn, report):
+    for line in _ci_outputs(args).publish_safely(lambda: build_results(outcome, code, "drift-suite check", report), _warn, report):
         print(line)
     return code
 
@@ -110,7 +110,7 @@ def _publish_error(args: argparse.Namespace, message: str, code: int) -> None:
         return
     from .results import error_results
 
-    for line in _ci_outputs(args).publish(error_results(message, code, "drift-suite check", args.checkpoint), _warn):
+    for line in _ci_outputs(args).publish_safely(lambda: error_results(message, code, "drift-suite check", args.checkpoint), _warn):
         print(line)
 
 

@@ -49,6 +49,15 @@ class CIOutputs:
                 pass
         return replace(self, json=kept.get("json"), markdown=kept.get("markdown"), history=kept.get("history"))
 
+    def publish_safely(self, build: Callable[[], dict[str, Any]], warn: Callable[[str], None],
+                       report: str | Path | None = None) -> list[str]:
+        """:meth:`publish` of the results ``build()`` returns; a failure anywhere is a warning, never a changed verdict."""
+        try:
+            return self.publish(build(), warn, report)
+        except Exception as exc:  # noqa: BLE001
+            warn(f"cannot write the CI outputs ({type(exc).__name__}: {exc})".splitlines()[0])
+            return []
+
     def publish(self, results: dict[str, Any], warn: Callable[[str], None], report: str | Path | None = None) -> list[str]:
         """Write every output of ``results``; returns the lines to print (GitHub annotations, then paths).
 

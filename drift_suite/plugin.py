@@ -267,19 +267,19 @@ class DriftSession:
             return
         from .results import build_results, error_results
 
-        if self._outcome is not None and exit_code in (0, 1):
-            results = build_results(self._outcome, exit_code, "pytest", self.report_path)
-        else:
+        def results() -> dict[str, Any]:
+            if self._outcome is not None and exit_code in (0, 1):
+                return build_results(self._outcome, exit_code, "pytest", self.report_path)
             message = self.error[0] if self.error else self.plan_error if exit_code == 4 and self.plan_error else None
             if message is None:
                 ran = "the run ended" if self._outcome is not None else "no drift measurement ran"
                 message = f"drift_suite: {ran} without a verdict (pytest exit code {exit_code})"
-            results = error_results(message, exit_code, "pytest", self.pytest_config.getoption("checkpoint"))
+            return error_results(message, exit_code, "pytest", self.pytest_config.getoption("checkpoint"))
 
         def warn(text: str) -> None:
             self.ci_lines.append(f"drift_suite: warning: {text}")
 
-        self.ci_lines += outputs.publish(results, warn, self.report_path)
+        self.ci_lines += outputs.publish_safely(results, warn, self.report_path)
 
 
 def _settings_dir(config: pytest.Config) -> Path:

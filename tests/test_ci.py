@@ -423,3 +423,14 @@ def test_compare_on_the_demo_model_names_the_new_failures(demo_model_dir, tmp_pa
     assert cli_main(["compare", str(tmp_path / "main.json"), str(tmp_path / "pr.json")]) == EXIT_DRIFT
     out = capsys.readouterr().out
     assert f"newly failing ({len(failed)})" in out and all(name in out for name in failed)
+
+
+def test_a_broken_output_step_never_changes_the_verdict(project, tmp_path, capsys, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("bug while building the results")
+
+    monkeypatch.setattr("drift_suite.results.build_results", broken)
+    with chdir(project["root"]):
+        code = cli_main(["check", str(project["drift"]), "--baseline-dir", "baselines", "--report", "none", "--json", str(tmp_path / "r.json")])
+    assert code == EXIT_DRIFT and not (tmp_path / "r.json").exists()
+    assert "drift-suite: warning: cannot write the CI outputs (RuntimeError: bug while building the results)" in capsys.readouterr().err
