@@ -34,6 +34,7 @@ from .extract import GenerationSettings
 from .measure import Measurement
 from .metrics import NoiseFloor, angle_deg, assistant_axis, bootstrap_noise_floor, project
 from .personas import DEFAULT_ROLE, PersonaSet
+from .provenance import git_provenance
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -120,6 +121,7 @@ def create_baseline(
         },
         "axis_norm": [float(x) for x in np.linalg.norm(axis, axis=-1)],
         "versions": _versions(),
+        "provenance": {"git": git_provenance()},
     }
     return Baseline(manifest, measurement.default_mean, measurement.role_means, noise, embed_fingerprint, measurement.samples())
 

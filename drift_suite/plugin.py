@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from .quiet import quiet_dependencies
 
 if TYPE_CHECKING:
+    from .outputs import CIOutputs
     from .runner import DriftCheck, DriftOutcome
 
 _SESSION_KEY = pytest.StashKey["DriftSession"]()
@@ -57,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="persona set: 'builtin' (default) or a dir in the upstream assistant-axis format")
     group.addoption("--drift-report", metavar="PATH", default=DEFAULT_REPORT,
                     help=f"where to write the HTML report (default: {DEFAULT_REPORT}); 'none' to skip it")
+    group.addoption("--drift-json", metavar="PATH",
+                    help="write the results JSON (verdict, exit code, every check; schema: drift_suite/schemas/results-v1.schema.json)")
+    group.addoption("--drift-markdown", metavar="PATH",
+                    help="write a markdown summary for a CI page (also appended to $GITHUB_STEP_SUMMARY when that is set)")
+    group.addoption("--drift-history", metavar="DIR",
+                    help="add this run's results JSON to DIR, one file per run (render it with: drift-suite history DIR)")
     group.addoption("--drift-layers", metavar="auto|L1,L2,...",
                     help="asserted layers when writing a baseline (default: [tool.drift_suite] layers or auto)")
     group.addoption("--drift-k-sigma", type=_positive_float, metavar="K",
@@ -153,6 +161,10 @@ class DriftSession:
         self._plan: tuple[list[int], list[str]] | None = None
         self.plan_error: str | None = None
         self.report_path: Path | None = None
+        self.error: tuple[str, int] | None = None
+        """The one line and exit code the run stopped with, for the results JSON."""
+        self.ci_lines: list[str] = []
+        """Annotations, output paths and warnings to print after the summary."""
 
     def plan(self) -> tuple[list[int], list[str]]:
         """Asserted layers and roles, from configs only; an error is kept for the collection hook to raise."""
@@ -161,6 +173,7 @@ class DriftSession:
         if self._plan is None:
             try:
                 with quiet_dependencies():
+                    self.ci_outputs().check()
                     check = self.check()
                     check.validate()
                     self._plan = (check.planned_layers(), check.planned_roles())
@@ -218,10 +231,11 @@ class DriftSession:
 
         if self._outcome is None:
             try:
+                self.ci_outputs().check()
                 check = self.check()
                 check.validate()
             except (DriftSuiteError, pytest.UsageError) as exc:
-                _stop(one_line(exc), EXIT_USAGE)
+                self._stop(one_line(exc), EXIT_USAGE)
             try:
                 with quiet_dependencies():
                     self._outcome = check.run()
@@ -229,7 +243,7 @@ class DriftSession:
                 if self.pytest_config.getoption("fulltrace"):
                     raise
                 hint = "" if isinstance(exc, DriftSuiteError) else f" (while loading or measuring {check.checkpoint}; --full-trace shows where)"
-                _stop(one_line(exc) + hint, failure_exit_code(exc))
+                self._stop(one_line(exc) + hint, failure_exit_code(exc))
         return self._outcome
 
     def write_report(self) -> Path | None:
@@ -243,6 +257,40 @@ class DriftSession:
 
         self.report_path = render_report(build_report_data(self._outcome), Path(target))
         return self.report_path
+
+    def _stop(self, message: str, exit_code: int) -> None:
+        __tracebackhide__ = True
+        self.error = (message if message.startswith("drift_suite") else f"drift_suite: {message}", exit_code)
+        _stop(message, exit_code)
+
+    def ci_outputs(self) -> "CIOutputs":
+        from .outputs import CIOutputs
+
+        option = self.pytest_config.getoption
+        return CIOutputs(json=option("drift_json"), markdown=option("drift_markdown"), history=option("drift_history"))
+
+    def publish(self, exit_code: int) -> None:
+        """Results JSON, markdown summary (and $GITHUB_STEP_SUMMARY), history: once pytest's exit code is known."""
+        from .process import is_main_process
+
+        outputs = self.ci_outputs()
+        if not (self.requested or outputs.wanted) or not is_main_process():
+            return
+        from .results import build_results, error_results
+
+        def results() -> dict[str, Any]:
+            if self._outcome is not None and exit_code in (0, 1):
+                return build_results(self._outcome, exit_code, "pytest", self.report_path)
+            message = self.error[0] if self.error else self.plan_error if exit_code == 4 and self.plan_error else None
+            if message is None:
+                ran = "the run ended" if self._outcome is not None else "no drift measurement ran"
+                message = f"drift_suite: {ran} without a verdict (pytest exit code {exit_code})"
+            return error_results(message, exit_code, "pytest", self.pytest_config.getoption("checkpoint"))
+
+        def warn(text: str) -> None:
+            self.ci_lines.append(f"drift_suite: warning: {text}")
+
+        self.ci_lines += outputs.publish_safely(results, warn, self.report_path)
 
 
 def _settings_dir(config: pytest.Config) -> Path:
@@ -266,6 +314,7 @@ def _stop(message: str, exit_code: int) -> None:
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists, so a non-main rank can drop it
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = DriftSession(config)
+    config.pluginmanager.register(_CILinesAfterSummary(), "drift_suite_ci_lines")
     from .process import is_main_process
 
     if config.getoption("checkpoint") is not None and not is_main_process():
@@ -358,11 +407,38 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drift_session: DriftSession = session.config.stash[_SESSION_KEY]
     drift_session.write_report()
+    drift_session.publish(int(exitstatus))
+    _print_ci_lines(session.config, drift_session, deferred=int(exitstatus) in _SUMMARY_EXIT_CODES)
     from .process import is_main_process
 
     if drift_session.requested and not is_main_process():
         # A launcher stops every rank once one exits non-zero; the main process's exit code is the verdict.
         session.exitstatus = 0
+
+
+_SUMMARY_EXIT_CODES = (0, 1, 2, 4, 5)
+"""pytest prints its terminal summary for these exit codes only (not for 3, an internal error)."""
+
+
+def _print_ci_lines(config: pytest.Config, drift_session: DriftSession, deferred: bool = False) -> None:
+    """Print the CI lines (annotations, output paths, warnings) now, or leave them to the terminal summary."""
+    if deferred or not drift_session.ci_lines:
+        return
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    for line in drift_session.ci_lines:
+        if terminal is not None:
+            terminal.write_line(line, yellow=line.startswith("drift_suite: warning"))
+        else:
+            print(line, file=sys.stderr)
+    drift_session.ci_lines = []
+
+
+class _CILinesAfterSummary:
+    """A second terminal-summary hook, run after the drift_suite section: the CI lines go last."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        _print_ci_lines(config, config.stash[_SESSION_KEY])
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
