@@ -90,11 +90,14 @@ def bootstrap_noise_floor(
     access_layers: list[int] | np.ndarray,
     n_boot: int = 200,
     seed: int = 0,
+    projection_axis: np.ndarray | None = None,
 ) -> NoiseFloor:
     """Stratified bootstrap over conversations (resampled within each persona) of every metric.
 
     It answers: how much would each number move if the same model had been asked a different draw of
     equally valid conversations? Differences within a few of these are indistinguishable from noise.
+    ``projection_axis (L, H)``: the axis the projection is read on (default: the one of ``means`` itself;
+    the training probe passes the baseline's when it projects on that).
     """
     rng = np.random.default_rng(seed)
     groups = [default_label, *roles]
@@ -102,11 +105,12 @@ def bootstrap_noise_floor(
     full = group_means(means, labels, groups)
     full_default, full_roles = full[0], full[1:]
     full_axis = assistant_axis(full_default, full_roles)
+    on_axis = full_axis if projection_axis is None else projection_axis
     projections, angles, access = [], [], []
     for _ in range(n_boot):
         resampled = np.stack([means[rng.choice(rows, size=len(rows))].mean(axis=0) for rows in rows_by_group])
         default, role_means = resampled[0], resampled[1:]
-        projections.append(project(default, full_axis))
+        projections.append(project(default, on_axis))
         angles.append(angle_deg(assistant_axis(default, role_means), full_axis))
         access.append(accessibility(full_default, full_roles, default, role_means, access_layers))
     access_sigma = np.std(access, axis=0, ddof=1)

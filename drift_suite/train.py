@@ -30,6 +30,7 @@ from . import __version__
 from .cache import atomic_write_bytes
 from .errors import CheckpointError, DriftSuiteError
 from .quiet import quiet_dependencies
+from .rewards import Reward, RewardFunctionError, parse_reward_weights, reward_items
 
 if TYPE_CHECKING:  # heavy imports stay out of `--help` and of config errors
     import datasets
@@ -73,10 +74,15 @@ class TrainArgs:
     lora_dropout: float = 0.05
     lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj"
     format_reward: bool = False
+    reward: str = "gsm8k"
+    reward_weights: str | None = None
+    report_to: str = "none"
     temperature: float | None = None
     logging_steps: int = 1
     drift_every: int = 0
     drift_baseline_dir: str = "baselines"
+    drift_stop: float | None = None
+    drift_patience: int = 1
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     vllm_server_host: str = "0.0.0.0"
@@ -108,11 +114,21 @@ _HELP: dict[str, str] = {
     "lora_alpha": "LoRA scaling alpha",
     "lora_dropout": "LoRA dropout",
     "lora_target_modules": "comma-separated module names LoRA adapts",
-    "format_reward": "add a 0.1 bonus for stating the answer explicitly ('#### N') to the correctness reward",
+    "format_reward": "add a 0.1 bonus for stating the answer explicitly ('#### N') to the correctness reward "
+    "(the same as adding 'format' to --reward)",
+    "reward": "comma list of rewards, summed: gsm8k (answer correctness), format (the '#### N' bonus), "
+    "FILE.py:FUNC, package.module:FUNC (TRL reward-function signature), or a reward model dir / hub id "
+    "(sequence-classification head); each is logged as rewards/NAME/mean",
+    "reward_weights": "comma list of weights, one per --reward item (default: all 1)",
+    "report_to": "where the trainer logs go besides train_log.jsonl: none, tensorboard, wandb, mlflow, trackio, "
+    "all (every installed one), or a comma list; the drift/* numbers go there too",
     "temperature": "sampling temperature of the rollouts (default: TRL's, 1.0)",
     "logging_steps": "log reward and loss every N steps (the reward curve's resolution)",
     "drift_every": "every N steps measure a small persona subset and log drift/projection and "
     "drift/rotation_deg next to the reward (0: off)",
+    "drift_stop": "with --drift_every: save a checkpoint and stop when the probe's projection or rotation passes "
+    "K noise-floor units (sigma; rotation: K x its bootstrap RMS)",
+    "drift_patience": "with --drift_stop: stop only after N probes in a row past the threshold",
     "drift_baseline_dir": "baseline whose Assistant Axis --drift_every projects on (without one, the axis "
     "of the untrained model's subset measurement is used)",
     "use_vllm": "generate the rollouts with vLLM (needs the vllm package and CUDA)",
@@ -143,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
         metavar = {int: "N", float: "X"}.get(kind, f.name.upper().split("_")[-1])
+        metavar = {"reward": "SPEC", "reward_weights": "W", "report_to": "TRACKER", "drift_stop": "K"}.get(f.name, metavar)
         shown = "" if f.default is None else f" (default: {f.default})"
         parser.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=_HELP[f.name] + shown)
     return parser
@@ -199,12 +216,42 @@ def check_args(args: TrainArgs) -> None:
             raise TrainSetupError(f"--{name} must be >= 1")
     if args.drift_every < 0:
         raise TrainSetupError("--drift_every must be >= 0 (0 turns the drift probe off)")
+    if args.drift_stop is not None:
+        if not args.drift_every:
+            raise TrainSetupError("--drift_stop needs the drift probe: add --drift_every N (the stop is judged at probe steps)")
+        if not math.isfinite(args.drift_stop) or args.drift_stop <= 0:
+            raise TrainSetupError(f"--drift_stop {args.drift_stop}: the threshold is a number of noise-floor units (sigma) > 0, e.g. 3")
+    if args.drift_patience < 1:
+        raise TrainSetupError(f"--drift_patience {args.drift_patience}: must be >= 1 (probes in a row past --drift_stop)")
+    report_to_list(args.report_to)  # an unknown or uninstalled tracker fails here, before any weights
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise TrainSetupError("nothing to train: set --max_steps > 0 or --num_train_epochs > 0")
     if args.vllm_mode not in VLLM_MODES:
         raise TrainSetupError(f"--vllm_mode {args.vllm_mode}: use one of {', '.join(VLLM_MODES)}")
     if args.use_vllm and not _vllm_installed():
         raise TrainSetupError("--use_vllm needs the vllm package (pip install vllm, on a CUDA machine); it is not installed here")
+
+
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",), "trackio": ("trackio",)}
+"""``--report_to`` names and the packages of which one must be importable."""
+
+
+def report_to_list(text: str) -> list[str]:
+    """``--report_to`` as GRPOConfig's list (``[]`` for none; ``["all"]`` for every installed integration)."""
+    import importlib.util
+
+    names = [item.strip().lower() for item in text.split(",") if item.strip()]
+    if not names or names == ["none"]:
+        return []
+    if "all" in names:
+        return ["all"]
+    for name in names:
+        if name not in TRACKERS:
+            raise TrainSetupError(f"--report_to {name}: use none, {', '.join(TRACKERS)}, all, or a comma list of them")
+        packages = TRACKERS[name]
+        if not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise TrainSetupError(f"--report_to {name} needs the {packages[0]} package (pip install {packages[0]}); it is not installed here")
+    return list(dict.fromkeys(names))
 
 
 def _vllm_installed() -> bool:
@@ -259,7 +306,8 @@ def build_grpo_config(args: TrainArgs) -> GRPOConfig:
         bf16=bf16,
         fp16=placement.dtype == "float16",
         use_cpu=not cuda,
-        report_to="none",
+        report_to=report_to_list(args.report_to) or "none",
+        reward_weights=parse_reward_weights(args.reward_weights, len(reward_items(args.reward, args.format_reward))),
         use_vllm=args.use_vllm,
         vllm_mode=args.vllm_mode,
         vllm_server_host=args.vllm_server_host,
@@ -288,18 +336,26 @@ def build_peft_config(args: TrainArgs) -> LoraConfig | None:
     )
 
 
-def reward_functions(args: TrainArgs) -> list[Callable[..., list[float]]]:
-    """GSM8K correctness, plus the answer-format bonus with ``--format_reward``."""
-    from .gsm8k import correctness_reward, format_reward
+def resolve_rewards(args: TrainArgs) -> list[Reward]:
+    """``--reward`` (plus ``format`` with ``--format_reward``) resolved; user code is imported, no model loads."""
+    from .rewards import resolve_rewards as resolve
 
-    return [correctness_reward, format_reward] if args.format_reward else [correctness_reward]
+    return resolve(args.reward, format_alias=args.format_reward)
+
+
+def reward_functions(args: TrainArgs) -> list[Callable[..., list[float]] | str]:
+    """What GRPOTrainer's ``reward_funcs`` gets: built-ins as they are, user functions inside a checking
+    wrapper, reward models as their dir or hub id (TRL loads them)."""
+    return [reward.func for reward in resolve_rewards(args)]
 
 
 def build_callbacks(args: TrainArgs) -> list[TrainerCallback]:
     """The drift probe with ``--drift_every N``, then the log summary (it prints what the probe added)."""
     from .callbacks import DriftProbeCallback, TrainingLogCallback
 
-    probe = [DriftProbeCallback(every=args.drift_every, baseline_dir=args.drift_baseline_dir)] if args.drift_every > 0 else []
+    probe = [
+        DriftProbeCallback(every=args.drift_every, baseline_dir=args.drift_baseline_dir, stop_sigma=args.drift_stop, patience=args.drift_patience)
+    ] if args.drift_every > 0 else []
     return [*probe, TrainingLogCallback(Path(args.output_dir) / TRAIN_LOG)]
 
 
@@ -375,20 +431,31 @@ def make_trainer(
     dataset: datasets.Dataset,
     config: GRPOConfig,
     peft_config: LoraConfig | None,
+    rewards: list[Reward] | None = None,
 ) -> GRPOTrainer:
-    """Assemble TRL's GRPOTrainer from the pieces built above."""
+    """Assemble TRL's GRPOTrainer from the pieces built above (``rewards``: resolved already, else now)."""
     import trl
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = trl.GRPOTrainer(
-        model=model,
-        reward_funcs=reward_functions(args),
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=build_callbacks(args),
-    )
+    reward_funcs = [r.func for r in rewards] if rewards is not None else reward_functions(args)
+    reward_models = [f for f in reward_funcs if isinstance(f, str)]
+    try:
+        trainer = trl.GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=build_callbacks(args),
+        )
+    except (OSError, ValueError) as exc:
+        if not reward_models:
+            raise
+        # TRL loads a reward model given by dir or id here; an unreachable hub id or a broken dir ends as one line.
+        from .errors import one_line
+
+        raise CheckpointError(f"--reward {', '.join(reward_models)}: the reward model could not be loaded ({one_line(exc)})") from None
     trainer.remove_callback(PrinterCallback)  # raw log dicts; TrainingLogCallback prints a summary line instead
     return trainer
 
@@ -416,8 +483,20 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def write_manifest(args: TrainArgs, started: str, finished: str | None) -> Path:
-    """``run_manifest.json``; written at the start too, so an interrupted run still names its base model."""
+def write_manifest(
+    args: TrainArgs,
+    started: str,
+    finished: str | None,
+    rewards: list[Reward] | None = None,
+    drift_stop: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> Path:
+    """``run_manifest.json``; written at the start too, so an interrupted run still names its base model.
+
+    ``rewards``: each ``--reward`` item and the name it is logged under (``rewards/<name>/mean``);
+    ``drift_stop``: why the drift probe stopped the run (see :func:`_drift_stop_record`), None if it did not;
+    ``error``: the one line a run that failed mid-way ended on (a failing reward function).
+    """
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -428,6 +507,9 @@ def write_manifest(args: TrainArgs, started: str, finished: str | None) -> Path:
         "started": started,
         "finished": finished,
         "use_lora": args.use_lora,
+        "rewards": [{"spec": r.spec, "name": r.name} for r in rewards or []],
+        "drift_stop": drift_stop,
+        "error": error,
     }
     path = out / MANIFEST
     atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -473,7 +555,9 @@ def finish_outputs(args: TrainArgs, trainer: Any, tokenizer: Any) -> Path:
     return final
 
 
-def summary_lines(args: TrainArgs, log_history: list[dict[str, Any]], seconds: float, steps: int) -> list[str]:
+def summary_lines(
+    args: TrainArgs, log_history: list[dict[str, Any]], seconds: float, steps: int, drift_stop: dict[str, Any] | None = None
+) -> list[str]:
     """What the run wrote and how the reward went, for the terminal."""
     from .models import find_run_checkpoints
 
@@ -490,9 +574,21 @@ def summary_lines(args: TrainArgs, log_history: list[dict[str, Any]], seconds: f
             f"reward: first logged {curve[0][1]:.3f} (step {curve[0][0]}), last {curve[-1][1]:.3f} (step {curve[-1][0]}), "
             f"mean {sum(r for _, r in curve) / len(curve):.3f} over {len(curve)} logs"
         )
-    drift = [(e["step"], e["drift/projection"]) for e in log_history if "drift/projection" in e]
+    drift = [e for e in log_history if "drift/projection" in e]
     if drift:
-        lines.append(f"drift/projection: {', '.join(f'step {s}: {v:+.4f}' for s, v in drift)}")
+        def reading(e: dict[str, Any]) -> str:
+            sigma = e.get("drift/projection_sigma")
+            return f"step {e['step']}: {e['drift/projection']:+.4f}" + ("" if sigma is None else f" ({sigma:+.1f}σ)")
+
+        lines.append(f"drift/projection: {', '.join(reading(e) for e in drift)}")
+    if drift_stop:
+        value = drift_stop["value_sigma"]
+        reading = f"projection {value:+.1f}σ" if drift_stop["metric"] == "projection" else f"rotation {value:.1f}× RMS"
+        lines.append(
+            f"drift stop: step {drift_stop['step']}, {reading} past "
+            f"--drift_stop {drift_stop['threshold_sigma']:g} ({drift_stop['patience']} probe(s) in a row); last checkpoint "
+            f"within budget: {drift_stop['last_checkpoint_within_budget'] or 'none'}"
+        )
     if steps:
         lines.append(f"time: {seconds:.0f} s for {steps} steps ({seconds / steps:.1f} s/step)")
     lines.append(f"check it: drift-suite check {out}")
@@ -508,30 +604,56 @@ def run(args: TrainArgs) -> int:
 
     config = build_grpo_config(args)  # checks the arguments first: fails fast, before any weights
     peft_config = build_peft_config(args)
+    rewards = resolve_rewards(args)  # imports the user's reward code: a bad --reward fails before any weights
     check_model_spec(args)  # a mistyped model path fails before the dataset is read
     dataset = build_train_dataset(args)
     model, tokenizer = load_training_model(args)
-    trainer = make_trainer(args, model, tokenizer, dataset, config, peft_config)
+    trainer = make_trainer(args, model, tokenizer, dataset, config, peft_config, rewards)
     main_process = trainer.is_world_process_zero()  # under torchrun / accelerate launch only it writes and prints
     started = _now()
-    if main_process:
-        write_manifest(args, started, None)
     resume = True if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
     if resume is True:
         from .models import find_run_checkpoints
 
         if not find_run_checkpoints(args.output_dir):
             raise TrainSetupError(f"--resume_from_checkpoint latest: no checkpoint-N dir in {args.output_dir} to resume from")
+    if main_process:
+        write_manifest(args, started, None, rewards=rewards)
     start = time.perf_counter()
     start_step = trainer.state.global_step
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except RewardFunctionError as exc:
+        # The checkpoints saved so far stay as they are (resumable); the manifest says why the run ended.
+        if main_process:
+            write_manifest(args, started, None, rewards=rewards, error=str(exc), drift_stop=_drift_stop_record(args, trainer))
+        raise
     seconds = time.perf_counter() - start
     finish_outputs(args, trainer, tokenizer)
     if main_process:
-        write_manifest(args, started, _now())
-        for line in summary_lines(args, trainer.state.log_history, seconds, trainer.state.global_step - start_step):
+        stop = _drift_stop_record(args, trainer)
+        write_manifest(args, started, _now(), rewards=rewards, drift_stop=stop)
+        for line in summary_lines(args, trainer.state.log_history, seconds, trainer.state.global_step - start_step, stop):
             print(line)
     return 0
+
+
+def _probe_callback(trainer: Any) -> Any:
+    from .callbacks import DriftProbeCallback
+
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, DriftProbeCallback)), None)
+
+
+def _drift_stop_record(args: TrainArgs, trainer: Any) -> dict[str, Any] | None:
+    """``run_manifest.json``'s ``drift_stop``: why and where the probe stopped the run (None: it did not)."""
+    from .models import find_run_checkpoints
+
+    probe = _probe_callback(trainer)
+    if probe is None or probe.stop is None:
+        return None
+    checkpoints = find_run_checkpoints(args.output_dir)
+    within = probe.last_step_within_budget(trainer.state.log_history, sorted(checkpoints))
+    return {**probe.stop, "last_checkpoint_within_budget": None if within is None else str(checkpoints[within])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -545,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if is_main_process():  # every rank hits the same argument error; one line is enough
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
+            # Bad options are refused before anything loads (2); a reward that fails mid-run is a failure (3).
+            return exc.exit_code if isinstance(exc, RewardFunctionError) else 2
 
 
 if __name__ == "__main__":
