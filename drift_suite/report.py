@@ -271,8 +271,9 @@ def stop_text(stop: dict[str, Any] | None) -> str:
     metric = str(stop.get("metric") or "drift")
     value, threshold = num(stop.get("value_sigma")), num(stop.get("threshold_sigma"))
     patience = stop.get("patience")
+    unit = "× its RMS" if metric == "rotation" else "σ"
     text = (f"Training stopped at step {stop.get('step')} by --drift_stop: the probe's {metric} read "
-            f"{fmt_num(value, 3)} σ, beyond {fmt_num(threshold, 3)} σ")
+            f"{fmt_num(value, 3)} {unit}, beyond {fmt_num(threshold, 3)} σ")
     if patience not in (None, 1):
         text += f" for {patience} probes in a row"
     last = stop.get("last_checkpoint_within_budget")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 STYLE_MODEL_ENV = "DRIFT_STYLE_MODEL"
+OPENING_ENV = "DRIFT_STYLE_OPENING_TOKENS"
 LIGHTHOUSE_KEEPER = (
     "You are Old Tom, a weary lighthouse keeper who has lived alone on a rock in the sea for forty years. "
     "You speak in the first person about your long life, the storms, the gulls and the ships you have "
@@ -54,13 +55,15 @@ def _user_turns(prompt: Any) -> list[dict[str, str]]:
 class StyleScorer:
     """Mean per-token log-probabilities of completions under a frozen chat model, with and without a system prompt."""
 
-    def __init__(self, model_dir: str, character: str = LIGHTHOUSE_KEEPER, max_prompt_tokens: int = 512):
+    def __init__(self, model_dir: str, character: str = LIGHTHOUSE_KEEPER, max_prompt_tokens: int = 512,
+                 opening_tokens: int | None = None):
         from .models import from_pretrained_checked, load_tokenizer
 
         import torch
 
         self.character = character
         self.max_prompt_tokens = max_prompt_tokens
+        self.opening_tokens = opening_tokens
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=False, revision=None)
         self.model = from_pretrained_checked(model_dir, torch.float32, trust_remote_code=False, revision=None)
         self.model.eval()
@@ -72,6 +75,8 @@ class StyleScorer:
             prefix = prefix["input_ids"]
         prefix = list(prefix)[-self.max_prompt_tokens :]
         answer = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if self.opening_tokens:
+            answer = answer[: self.opening_tokens]
         return prefix + list(answer), len(prefix)
 
     def mean_logprobs(self, conversations: list[tuple[list[dict[str, str]], str]]) -> list[float]:
@@ -113,7 +118,7 @@ class StyleScorer:
         return out
 
 
-def make_style_reward(model_dir: str, character: str = LIGHTHOUSE_KEEPER) -> Callable[..., list[float]]:
+def make_style_reward(model_dir: str, character: str = LIGHTHOUSE_KEEPER, opening_tokens: int | None = None) -> Callable[..., list[float]]:
     """A TRL reward function scoring completions by ``character``'s style under the frozen ``model_dir``.
 
     The scorer loads on the first call (so building a trainer stays cheap) and then stays in memory.
@@ -122,7 +127,7 @@ def make_style_reward(model_dir: str, character: str = LIGHTHOUSE_KEEPER) -> Cal
 
     def character_style(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         if not scorer:
-            scorer.append(StyleScorer(model_dir, character))
+            scorer.append(StyleScorer(model_dir, character, opening_tokens=opening_tokens))
         return scorer[0].scores(prompts, completions)
 
     character_style.__name__ = "character_style"
@@ -140,6 +145,8 @@ def lighthouse_keeper_style(prompts: list[Any], completions: list[Any], **kwargs
             f"lighthouse_keeper_style needs the scorer model: set {STYLE_MODEL_ENV} to a local model dir "
             "(usually the model being trained)"
         )
-    if model_dir not in _DEFAULT:
-        _DEFAULT[model_dir] = make_style_reward(model_dir)
-    return _DEFAULT[model_dir](prompts, completions)
+    opening = int(os.environ.get(OPENING_ENV) or 0) or None
+    key = f"{model_dir}|{opening}"
+    if key not in _DEFAULT:
+        _DEFAULT[key] = make_style_reward(model_dir, opening_tokens=opening)
+    return _DEFAULT[key](prompts, completions)

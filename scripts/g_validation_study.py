@@ -129,7 +129,8 @@ def reward_series(log: list[dict[str, Any]]) -> list[tuple[int, float]]:
 
 def probe_series(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every probe entry: step, raw projection / rotation and, where logged, the σ-unit values."""
-    keys = ("drift/projection", "drift/rotation_deg", "drift/projection_sigma", "drift/rotation_rms")
+    keys = ("drift/projection", "drift/rotation_deg", "drift/projection_sigma", "drift/rotation_rms", "drift/sigma",
+            "drift/noise_projection", "drift/noise_rotation_deg")
     out = []
     for e in log:
         if "drift/projection" in e and "step" in e:
@@ -140,18 +141,18 @@ def probe_series(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def would_stop(probe: list[dict[str, Any]], threshold: float = STOP_SIGMA, patience: int = 1) -> dict[str, Any] | None:
     """The first probe step where ``--drift_stop threshold --drift_patience patience`` fires, or None.
 
-    The rule of ``drift-suite train --drift_stop``: |projection_sigma| or rotation_rms above ``threshold`` at
-    ``patience`` probes in a row.
+    The rule of ``drift-suite train --drift_stop`` (DriftProbeCallback): ``drift/sigma`` = max(|projection_sigma|,
+    rotation_rms) above ``threshold`` at ``patience`` probes in a row; the metric named is the larger one.
     """
     streak = 0
     for p in probe:
-        if "projection_sigma" not in p:
+        if "projection_sigma" not in p or "rotation_rms" not in p:
             return None
-        values = {"projection_sigma": abs(p["projection_sigma"]), "rotation_rms": p.get("rotation_rms", 0.0)}
-        metric = max(values, key=values.get)
-        streak = streak + 1 if values[metric] > threshold else 0
+        projection, rotation = abs(p["projection_sigma"]), p["rotation_rms"]
+        streak = streak + 1 if max(projection, rotation) > threshold else 0
         if streak >= patience:
-            return {"step": p["step"], "metric": metric, "value_sigma": p[metric], "threshold_sigma": threshold, "patience": patience}
+            metric, value = ("projection", p["projection_sigma"]) if projection >= rotation else ("rotation", rotation)
+            return {"step": p["step"], "metric": metric, "value_sigma": value, "threshold_sigma": threshold, "patience": patience}
     return None
 
 

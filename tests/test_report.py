@@ -522,7 +522,7 @@ def _probe_run_dir(tmp_path: Path, stop: bool = True, sigma: bool = True) -> Pat
     (run / "train_log.jsonl").write_text("\n".join(lines) + "\n{\"step\": 7, \"rew")  # a partial last line is skipped
     manifest = {"model": "m", "arguments": {"drift_stop": 3.0, "drift_every": 2}}
     if stop:
-        manifest["drift_stop"] = {"step": 6, "metric": "projection_sigma", "value_sigma": -4.5, "threshold_sigma": 3.0,
+        manifest["drift_stop"] = {"step": 6, "metric": "projection", "value_sigma": -4.5, "threshold_sigma": 3.0,
                                   "patience": 1, "last_checkpoint_within_budget": "run/checkpoint-4"}
     (run / "run_manifest.json").write_text(json.dumps(manifest))
     return run
@@ -551,7 +551,7 @@ def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
     html = _render(tmp_path, data)
     _assert_self_contained(html)
     assert '<figure id="live-probe"' in html and 'id="live-probe-table"' in html
-    assert "Training stopped at step 6 by --drift_stop: the probe&#39;s projection_sigma read -4.5 σ, beyond 3 σ" in html
+    assert "Training stopped at step 6 by --drift_stop: the probe&#39;s projection read -4.5 σ, beyond 3 σ" in html
     assert "Last checkpoint within budget: run/checkpoint-4." in html
     assert "stopped at step 6" in html and "--drift_stop 3 σ" in html  # the stop line and the threshold in the plot
     assert "6 (stop)" in html and "FAIL 1/1" in html and "-4.5" in html
