@@ -17,7 +17,7 @@ its result into the JSON as soon as it ends, so an interrupted study resumes whe
     python scripts/g_validation_study.py check persona      # gate verdict per checkpoint, into the JSON
     python scripts/g_validation_study.py tables             # markdown for docs/validation.md
     python scripts/g_validation_study.py all                # everything that is missing, in order
-    python scripts/g_validation_study.py all --short        # the slow test's variant: 6 steps, save every 2
+    python scripts/g_validation_study.py all --short        # the slow test's variant: 4 steps, save every 2
 
 Defaults: model $DRIFT_DEMO_MODEL (or /work/demo/smollm2-135m-instruct), baseline baselines/, runs under
 /work/g-study-runs, results docs/reward-hacking.json.
@@ -75,7 +75,7 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
 
 def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool) -> list[str]:
     """The ``drift-suite train`` command line of one study run (the recipe of the module docstring)."""
-    steps, save, every = (6, 2, 2) if short else (30, 4, 2)
+    steps, save, every = (4, 2, 2) if short else (30, 4, 2)
     if name == "persona":
         data, reward = GSM8K_TRAIN, ["--reward", STYLE_REWARD]
     else:
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-dir", default="baselines")
     parser.add_argument("--runs-dir", default="/work/g-study-runs")
     parser.add_argument("--results", default="docs/reward-hacking.json")
-    parser.add_argument("--short", action="store_true", help="6 steps, a checkpoint every 2 (the slow test)")
+    parser.add_argument("--short", action="store_true", help="4 steps, a checkpoint every 2 (the slow test)")
     parser.add_argument("--force", action="store_true", help="redo a finished stage")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs_dir)
