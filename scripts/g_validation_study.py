@@ -1,7 +1,7 @@
 """Reward-hacking validation study: does the live probe (and the gate) see a GRPO reward that pulls the persona?
 
 Two GRPO runs of the same length on the demo model (LoRA r16 on q/k/v/o, lr 1e-3, 4 completions × 48
-tokens, 30 steps, a checkpoint every 4 steps, the drift probe every 2 steps, no ``--drift_stop`` so every
+tokens, 30 steps, a checkpoint every 4 steps, the drift probe every 5 steps, no ``--drift_stop`` so every
 checkpoint exists):
 
 * ``persona``: GSM8K prompts, reward = the lighthouse-keeper style score
@@ -73,11 +73,11 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- training
 
 
-def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool) -> list[str]:
+def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool, style_reward: str = STYLE_REWARD) -> list[str]:
     """The ``drift-suite train`` command line of one study run (the recipe of the module docstring)."""
-    steps, save, every = (4, 2, 2) if short else (30, 4, 2)
+    steps, save, every = (4, 2, 2) if short else (30, 4, 5)
     if name == "persona":
-        data, reward = GSM8K_TRAIN, ["--reward", STYLE_REWARD]
+        data, reward = GSM8K_TRAIN, ["--reward", style_reward]
     else:
         data, reward = str(additions_dataset(data_dir / "additions.jsonl")), ["--reward", "gsm8k"]
     return [
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="docs/reward-hacking.json")
     parser.add_argument("--short", action="store_true", help="4 steps, a checkpoint every 2 (the slow test)")
     parser.add_argument("--force", action="store_true", help="redo a finished stage")
+    parser.add_argument("--style-reward", default=STYLE_REWARD, help="the persona run's --reward (another design to try)")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs_dir)
     names = [args.run] if args.run else list(RUNS)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: trained already ({run_dir})")
                 continue
             start = time.perf_counter()
-            code = run_training(train_argv(name, args.model, run_dir, runs_dir, args.short), args.model)
+            code = run_training(train_argv(name, args.model, run_dir, runs_dir, args.short, args.style_reward), args.model)
             print(f"{name}: training exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
             if code:
                 return code

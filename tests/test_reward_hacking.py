@@ -83,3 +83,26 @@ def test_demo_reward_hacking_stops_and_fails(demo_model_dir, tmp_path):
     html = (REPO / "reports" / "demo-reward-hacking.html").read_text()
     assert f"Training stopped at step {stop['step']} by --drift_stop" in html
     assert 'class="banner FAIL"' in html and '<figure id="live-probe"' in html
+
+
+def test_demo_scenario_wiring_without_models(tmp_path, monkeypatch):
+    """Fast: the reward-hacking scenario trains with the style reward under --drift_stop and returns the suite's code."""
+    from drift_suite import cli, demo, train
+
+    calls: dict[str, list[str]] = {}
+    monkeypatch.setattr(demo, "write_demo_model", lambda path: Path(path))
+    monkeypatch.setattr(train, "main", lambda argv: calls.setdefault("train", argv) and 0)
+    monkeypatch.setattr(demo, "_pytest", lambda args: calls.setdefault("suite", args) and 1)
+    monkeypatch.delenv("DRIFT_STYLE_MODEL", raising=False)
+    code = cli.main(["demo", "--scenario", "reward-hacking", "--workdir", str(tmp_path)])
+    assert code == 1  # the suite's FAIL is the demo's exit code in this scenario
+    argv = calls["train"]
+    flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
+    assert flag("--reward") == "drift_suite.style_rewards:lighthouse_keeper_style"
+    assert flag("--drift_stop") == "3.0" and flag("--drift_every") == "2" and flag("--max_steps") == "30"
+    assert os.environ["DRIFT_STYLE_MODEL"] == str((tmp_path / "smollm2-135m-instruct").resolve())
+    assert calls["suite"][calls["suite"].index("--checkpoint") + 1] == str(tmp_path / "reward-hacking-run")
+    calls.clear()
+    monkeypatch.setattr(demo, "_pytest", lambda args: calls.setdefault("suite", args) and 0)
+    assert cli.main(["demo", "--scenario", "reward-hacking", "--workdir", str(tmp_path), "--steps", "6"]) == 0
+    assert calls["train"][calls["train"].index("--max_steps") + 1] == "6"
