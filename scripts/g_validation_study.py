@@ -19,7 +19,7 @@ its result into the JSON as soon as it ends, so an interrupted study resumes whe
     python scripts/g_validation_study.py all                # everything that is missing, in order
     python scripts/g_validation_study.py all --short        # the slow test's variant: 4 steps, save every 2
 
-Defaults: model $DRIFT_DEMO_MODEL (or /work/demo/smollm2-135m-instruct), baseline baselines/, runs under
+Runs at one torch thread (OMP_NUM_THREADS=1 unless set). Defaults: model $DRIFT_DEMO_MODEL (or /work/demo/smollm2-135m-instruct), baseline baselines/, runs under
 /work/g-study-runs, results docs/reward-hacking.json.
 """
 
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo a finished stage")
     parser.add_argument("--style-reward", default=STYLE_REWARD, help="the persona run's --reward (another design to try)")
     args = parser.parse_args(argv)
+    # One torch thread unless told otherwise: on a shared 2-core machine two spinning OpenMP threads per process
+    # made a training step 10× slower (measured: the probe's reference 212 s at 2 threads, 14 s at 1).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs_dir = Path(args.runs_dir)
     names = [args.run] if args.run else list(RUNS)
     if args.stage in ("train", "all"):
