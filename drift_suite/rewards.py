@@ -110,27 +110,55 @@ class CheckedReward:
 
         return self._fail(kwargs, f"raised {one_line(exc)}")
 
+    def _outcome(self, values: Any, failure: Exception | None, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
+        error: RewardFunctionError | None = None
+        if failure is not None:
+            error = failure if isinstance(failure, RewardFunctionError) else self._raised(failure, kwargs)
+        else:
+            try:
+                values = self._checked(values, kwargs.get("completions", args[1] if len(args) > 1 else None), kwargs)
+            except RewardFunctionError as exc:
+                error = exc
+        _agree_across_processes(error)
+        return values
+
     def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        values, failure = None, None
         try:
             values = self.func(*args, **kwargs)
-        except RewardFunctionError:
-            raise
         except Exception as exc:
-            raise self._raised(exc, kwargs) from exc
-        return self._checked(values, kwargs.get("completions", args[1] if len(args) > 1 else None), kwargs)
+            failure = exc
+        return self._outcome(values, failure, args, kwargs)
 
 
 class CheckedAsyncReward(CheckedReward):
     """:class:`CheckedReward` of an ``async def`` reward (TRL awaits those concurrently)."""
 
     async def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:  # type: ignore[override]
+        values, failure = None, None
         try:
             values = await self.func(*args, **kwargs)
-        except RewardFunctionError:
-            raise
         except Exception as exc:
-            raise self._raised(exc, kwargs) from exc
-        return self._checked(values, kwargs.get("completions", args[1] if len(args) > 1 else None), kwargs)
+            failure = exc
+        return self._outcome(values, failure, args, kwargs)
+
+
+def _agree_across_processes(error: RewardFunctionError | None) -> None:
+    """Raise ``error``, or under several processes the lowest failing rank's, on every rank.
+
+    Each rank scores its own completions; a rank that gave up alone would leave the others waiting in TRL's
+    gather of the rewards. One small exchange per reward call keeps them together.
+    """
+    from .distributed import all_gather_bytes, process_context
+
+    if not process_context().distributed:
+        if error is not None:
+            raise error
+        return
+    messages = [m.decode() for m in all_gather_bytes(str(error).encode() if error is not None else b"")]
+    for rank, message in enumerate(messages):
+        if message:
+            raise RewardFunctionError(message if rank == process_context().rank else f"rank {rank}: {message}") from error
 
 
 def checked(func: Callable[..., Any], name: str) -> CheckedReward:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from drift_suite import train
-from drift_suite.rewards import CheckedReward, RewardFunctionError, RewardSpecError, checked, resolve_rewards
+from drift_suite.rewards import CheckedReward, RewardFunctionError, checked, resolve_rewards
 from drift_suite.train import build_grpo_config, main, parse_args
 
 
