@@ -16,7 +16,8 @@ Two ways to use it, with TRL's reward signature ``f(prompts, completions, **kwar
 
 * ``drift-suite train --reward drift_suite.style_rewards:lighthouse_keeper_style``: the scorer model is read
   from the environment variable ``DRIFT_STYLE_MODEL`` (a local model dir, usually the model being trained),
-  loaded once on first use;
+  loaded once on first use; the first ``DRIFT_STYLE_OPENING_TOKENS`` (default 16, 0 = all) completion tokens
+  are scored;
 * ``make_style_reward(model_dir, character=...)`` in your own code, for another scorer or character.
 """
 
@@ -34,6 +35,10 @@ LIGHTHOUSE_KEEPER = (
     "watched pass, and you turn every question into a memory of your own."
 )
 """The default character: first-person, nostalgic, not the assistant and none of the suite's roles."""
+OPENING_TOKENS = 16
+"""Completion tokens scored by default: the style shows in how an answer opens. Later tokens are predicted from
+the text so far under both conditions alike and mostly carry the arithmetic, which dilutes the score (measured:
+scoring all 48 tokens left the reward flat over 15 GRPO steps; the first 16 made it rise, docs/validation.md)."""
 
 
 def _message_text(message: Any) -> str:
@@ -145,7 +150,7 @@ def lighthouse_keeper_style(prompts: list[Any], completions: list[Any], **kwargs
             f"lighthouse_keeper_style needs the scorer model: set {STYLE_MODEL_ENV} to a local model dir "
             "(usually the model being trained)"
         )
-    opening = int(os.environ.get(OPENING_ENV) or 0) or None
+    opening = int(os.environ.get(OPENING_ENV) or OPENING_TOKENS) or None
     key = f"{model_dir}|{opening}"
     if key not in _DEFAULT:
         _DEFAULT[key] = make_style_reward(model_dir, opening_tokens=opening)

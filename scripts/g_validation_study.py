@@ -326,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             if "check" in record and not args.force:
                 print(f"{name}: checked already")
                 continue
-            record["train"] = run_record(runs_dir / name) | {"train_seconds": record.get("train", {}).get("train_seconds")}
-            record["check"] = check_run(runs_dir / name, Path(args.baseline_dir), runs_dir / "cache")
+            train_seconds = record.get("train", {}).get("train_seconds")
+            checked = check_run(runs_dir / name, Path(args.baseline_dir), runs_dir / "cache")
+            results = load_results(Path(args.results))  # re-read: another study process may have written meanwhile
+            record = results["runs"].setdefault(name, {})
+            record["train"] = run_record(runs_dir / name) | {"train_seconds": train_seconds}
+            record["check"] = checked
             save_results(Path(args.results), results)
             c = record["check"]
             print(f"{name}: gate {'PASS' if c['gate_passed'] else 'FAIL'} ({c['gate_failed']}/{c['gate_total']} failing), "
