@@ -254,7 +254,7 @@ def _live_probe_plot(probe: dict[str, Any]) -> dict[str, Any]:
         note = (f"gate: {sum(not g.get('passed') for g in gate)} of {len(gate)} checkpoints fail" if gate else "")
         return sp.dual_axis_chart(left, right, title="Live probe during training (train_log.jsonl)", xlabel="training step",
                                   left_label="reward", right_label=label, note=note, width=1100, height=320,
-                                  right_hlines=hlines, vlines=vlines)
+                                  right_hlines=hlines, vlines=vlines, right_include=[0.0])
 
     unit = ("in noise units of the probe (its bootstrap σ at train start)" if sigma
             else "in axis lengths (this run logged no noise units)")
