@@ -282,6 +282,14 @@ def tables(results: dict[str, Any]) -> str:
         lines.append(f"gate over the run: {'PASS' if check['gate_passed'] else 'FAIL'} ({check['gate_failed']}/{check['gate_total']} "
                      f"checks failing at their worst step); reward ↔ drift Spearman ρ = {_fmt(spear.get('rho'))} "
                      f"(95 % bootstrap CI {_fmt(ci[0])} … {_fmt(ci[1])}, n = {spear.get('n')}, {spear.get('drift_metric')})\n")
+    for name, trial in results.get("trials", {}).items():
+        probe = ", ".join(f"{p['step']}: {_fmt(p.get('projection_sigma'), '+.1f')}σ / {_fmt(p.get('rotation_rms'), '.2f')}×"
+                          for p in trial.get("probe", []))
+        stop = trial.get("would_stop_at_3_sigma")
+        lines.append(f"- trial **{name}** ({trial.get('note')}): reward first 5 steps {_fmt(trial.get('reward_first5_mean'), '+.3f')}, "
+                     f"last 5 {_fmt(trial.get('reward_last5_mean'), '+.3f')} over {len(trial.get('rewards', []))} steps; probe "
+                     f"(step: projection σ / rotation × RMS) {probe}; --drift_stop 3 would stop at "
+                     f"{stop['step'] if stop else 'no step'}")
     return "\n".join(lines)
 
 
@@ -290,8 +298,12 @@ def tables(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("train", "check", "tables", "all"))
-    parser.add_argument("run", nargs="?", choices=RUNS)
+    parser.add_argument("stage", choices=("train", "check", "tables", "all", "trial"))
+    parser.add_argument("run", nargs="?", help="persona or benign; for 'trial': a name for the record")
+    parser.add_argument("--trial-dir", help="'trial': a finished run dir of a reward design tried on the way")
+    parser.add_argument("--note", default="", help="'trial': what was different")
+    parser.add_argument("--noise", nargs=2, type=float, metavar=("SIGMA", "RMS_DEG"),
+                        help="'trial': the probe's noise floor, for a run logged before the probe had σ units")
     parser.add_argument("--model", default=os.environ.get("DRIFT_DEMO_MODEL", "/work/demo/smollm2-135m-instruct"))
     parser.add_argument("--baseline-dir", default="baselines")
     parser.add_argument("--runs-dir", default="/work/g-study-runs")
@@ -304,6 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     # made a training step 10× slower (measured: the probe's reference 212 s at 2 threads, 14 s at 1).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs_dir = Path(args.runs_dir)
+    if args.stage == "trial":
+        record = run_record(Path(args.trial_dir)) | {"note": args.note, "run_dir": args.trial_dir}
+        if args.noise:
+            sigma, rms = args.noise
+            for p in record["probe"]:
+                p.setdefault("projection_sigma", p["projection"] / sigma)
+                p.setdefault("rotation_rms", p["rotation_deg"] / rms)
+            record["would_stop_at_3_sigma"] = would_stop(record["probe"])
+            record["noise_from"] = f"--noise {sigma} {rms} (the probe's floor on the untrained model, as in the other runs)"
+        results = load_results(Path(args.results))
+        results.setdefault("trials", {})[args.run] = record
+        save_results(Path(args.results), results)
+        print(json.dumps({k: record[k] for k in ("reward_first", "reward_last", "reward_first5_mean", "reward_last5_mean", "would_stop_at_3_sigma")}))
+        return 0
+    if args.run is not None and args.run not in RUNS:
+        parser.error(f"run: one of {', '.join(RUNS)}")
     names = [args.run] if args.run else list(RUNS)
     if args.stage in ("train", "all"):
         for name in names:
