@@ -236,6 +236,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
         "rewards": rewards,
         "probe": probe,
         "would_stop_at_3_sigma": would_stop(probe),
+        "would_stop_at_3_sigma_patience_2": would_stop(probe, patience=2),
         "arguments": manifest.get("arguments"),
         "started": manifest.get("started"),
         "finished": manifest.get("finished"),
