@@ -89,27 +89,11 @@ def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool
     ]
 
 
-def _train_supports_reward() -> bool:
-    from drift_suite.train import TrainArgs
-
-    return "reward" in TrainArgs.__dataclass_fields__
-
-
 def run_training(argv: list[str], model: str) -> int:
     """``drift-suite train argv`` in this process (the style reward's scorer is the base model)."""
     os.environ.setdefault("DRIFT_STYLE_MODEL", model)
     from drift_suite import train
 
-    if not _train_supports_reward():
-        # Before `--reward` existed: put the reward in place of the built-in one.
-        at = argv.index("--reward")
-        spec = argv[at + 1]
-        argv = argv[:at] + argv[at + 2 :]
-        from drift_suite.gsm8k import correctness_reward
-        from drift_suite.style_rewards import lighthouse_keeper_style
-
-        chosen = lighthouse_keeper_style if spec == STYLE_REWARD else correctness_reward
-        train.reward_functions = lambda args: [chosen]
     return train.main(argv)
 
 
