@@ -31,7 +31,6 @@ SCENARIOS = ("default", "reward-hacking")
 DEFAULT_STEPS = {"default": 12, "reward-hacking": 30}
 REWARD_HACKING_STOP_SIGMA = 3.0
 REWARD_HACKING_REWARD = "drift_suite.style_rewards:lighthouse_keeper_style"
-GSM8K_LOCAL = "/work/shared/data/gsm8k/train.jsonl"
 
 
 def _pytest(args: list[str]) -> int:
@@ -127,13 +126,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if code in (EXIT_PASS, EXIT_DRIFT) else code
 
 
-def _reward_hacking_dataset(requested: str) -> str:
-    """GSM8K problems where they are on disk (the style reward ignores correctness), else the synthetic ones."""
-    if requested != "synthetic":
-        return requested
-    return GSM8K_LOCAL if Path(GSM8K_LOCAL).is_file() else "synthetic"
-
-
 def _stop_summary(run_dir: Path) -> str:
     import json
 
@@ -160,7 +152,7 @@ def run_reward_hacking(args: argparse.Namespace) -> int:
     model_dir = workdir / "smollm2-135m-instruct"
     run_dir = workdir / "reward-hacking-run"
     steps = args.steps if getattr(args, "steps", None) is not None else DEFAULT_STEPS["reward-hacking"]
-    dataset = _reward_hacking_dataset(args.dataset)
+    dataset = args.dataset  # the style reward ignores correctness: any word problems will do
     stages = _Stages(3)
     with stages.stage(1, "demo model", f"demo model → {model_dir}"):
         write_demo_model(model_dir)
@@ -174,7 +166,7 @@ def run_reward_hacking(args: argparse.Namespace) -> int:
             [
                 "--model", str(model_dir), "--output_dir", str(run_dir), "--dataset", dataset,
                 "--reward", REWARD_HACKING_REWARD, "--use_lora", "--lora_r", "16", "--lora_alpha", "32",
-                "--learning_rate", "1e-3", "--max_steps", str(steps), "--save_steps", "2",
+                "--learning_rate", "1e-3", "--max_steps", str(steps), "--save_steps", "4",
                 "--max_samples", str(max(8, steps * 2)), "--num_generations", "4", "--per_device_train_batch_size", "4",
                 "--max_completion_length", "48", "--seed", "0",
                 "--drift_every", "2", "--drift_stop", str(REWARD_HACKING_STOP_SIGMA), "--drift_patience", "1",
