@@ -234,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="end to end on the demo model: baseline, short GRPO run, drift suite, report")
     demo.add_argument("--workdir", default="demo", help="where the demo model and the run go (default: demo)")
-    demo.add_argument("--steps", type=int, default=12, help="GRPO steps (default 12)")
+    demo.add_argument("--scenario", choices=("default", "reward-hacking"), default="default",
+                      help="default: a harmless short run that passes; reward-hacking: a reward earned by leaving the "
+                           "Assistant persona, stopped by --drift_stop, the suite fails (exit 1)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="GRPO steps (default 12; reward-hacking: at most 30, the drift stop usually ends it earlier)")
     demo.add_argument("--dataset", default="synthetic", help="synthetic (default), a GSM8K .jsonl, or a hub id")
     add_placement_arguments(demo)
     demo.set_defaults(func=_demo)

@@ -254,7 +254,111 @@ def _plots(data: dict[str, Any]) -> list[dict[str, Any]]:
     traj = data.get("trajectory")
     if traj:
         plots += _trajectory_plots(traj, all_layers, sides)
+    probe = data.get("live_probe")
+    if probe:
+        plots.append(_live_probe_plot(probe))
     return plots
+
+
+# ------------------------------------------------------------------------------- live probe (train log)
+
+
+def _probe_in_sigma(probe: dict[str, Any]) -> bool:
+    """Whether the probe logged its values in noise units (``drift/projection_sigma``) at any step."""
+    return any(num(v) is not None for v in _list(probe.get("projection_sigma")))
+
+
+def _live_probe_plot(probe: dict[str, Any]) -> dict[str, Any]:
+    """(10): the training-time probe per step beside the reward, the ``--drift_stop`` threshold and the stop."""
+    steps = _list(probe.get("steps"))
+    sigma = _probe_in_sigma(probe)
+    stop = probe.get("stop") if isinstance(probe.get("stop"), dict) else None
+    threshold = num(probe.get("threshold_sigma"))
+
+    def chart() -> str | None:
+        reward = probe.get("reward") or {}
+        left = ([Series("reward (logged)", _list(reward.get("values")), x=_list(reward.get("steps")), color=sp.PALETTE[2],
+                        markers=False, width=1.4)] if _list(reward.get("values")) else [])
+        if sigma:
+            proj = [None if num(v) is None else abs(num(v)) for v in _list(probe.get("projection_sigma"))]
+            right = [Series("|projection| (σ)", proj, x=steps, color=sp.PALETTE[1]),
+                     Series("rotation (× RMS)", _list(probe.get("rotation_rms")), x=steps, color=sp.PALETTE[0])]
+            label, hlines = "probe, noise units", [(threshold, f"--drift_stop {fmt_num(threshold, 3)} σ")] if threshold else []
+        else:
+            toward_roles = [None if num(v) is None else -num(v) for v in _list(probe.get("projection"))]
+            right = [Series("shift toward the roles (axis lengths)", toward_roles, x=steps, color=sp.PALETTE[1])]
+            label, hlines = "probe projection shift", []
+        if not steps:
+            return None
+        vlines = [(stop.get("step"), f"stopped at step {stop.get('step')}")] if stop and num(stop.get("step")) is not None else []
+        gate = [g for g in _list(probe.get("gate")) if isinstance(g, dict)]
+        note = (f"gate: {sum(not g.get('passed') for g in gate)} of {len(gate)} checkpoints fail" if gate else "")
+        return sp.dual_axis_chart(left, right, title="Live probe during training (train_log.jsonl)", xlabel="training step",
+                                  left_label="reward", right_label=label, note=note, width=1100, height=320,
+                                  right_hlines=hlines, vlines=vlines, right_include=[0.0])
+
+    unit = ("in noise units of the probe (its bootstrap σ at train start)" if sigma
+            else "in axis lengths (this run logged no noise units)")
+    return {"id": "live-probe", "title": "(10) Live probe during training", "svg": _safe("live-probe", chart), "wide": True,
+            "caption": f"The probe the trainer ran every few steps ({unit}) beside the logged reward; the dashed line is "
+                       "the --drift_stop threshold and the vertical line the step the run stopped at. The gate's result "
+                       "at each checkpoint is in the table 'Live probe' above."}
+
+
+def stop_text(stop: dict[str, Any] | None) -> str:
+    """One sentence: why and where ``--drift_stop`` stopped the run (empty without a stop)."""
+    if not isinstance(stop, dict) or stop.get("step") is None:
+        return ""
+    metric = str(stop.get("metric") or "drift")
+    value, threshold = num(stop.get("value_sigma")), num(stop.get("threshold_sigma"))
+    patience = stop.get("patience")
+    unit = "× its RMS" if metric == "rotation" else "σ"
+    text = (f"Training stopped at step {stop.get('step')} by --drift_stop: the probe's {metric} read "
+            f"{fmt_num(value, 3)} {unit}, beyond {fmt_num(threshold, 3)} σ")
+    if patience not in (None, 1):
+        text += f" for {patience} probes in a row"
+    last = stop.get("last_checkpoint_within_budget")
+    text += f". Last checkpoint within budget: {last}." if last else ". No checkpoint was within budget."
+    return text
+
+
+def _live_probe_rows(probe: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per probe step: the probe's numbers, the reward at that step and the gate at a checkpoint there."""
+    reward = probe.get("reward") or {}
+    reward_at = dict(zip(_list(reward.get("steps")), _list(reward.get("values"))))
+    gate_at = {g.get("step"): g for g in _list(probe.get("gate")) if isinstance(g, dict)}
+    stop = probe.get("stop") if isinstance(probe.get("stop"), dict) else {}
+    rows = []
+    for i, step in enumerate(_list(probe.get("steps"))):
+        gate = gate_at.get(step)
+        rows.append({
+            "step": step,
+            "reward": fmt_num(reward_at.get(step), 3),
+            "projection": fmt_num(_at(probe.get("projection"), i), 3),
+            "projection_sigma": fmt_num(_at(probe.get("projection_sigma"), i), 3),
+            "rotation_deg": fmt_num(_at(probe.get("rotation_deg"), i), 3),
+            "rotation_rms": fmt_num(_at(probe.get("rotation_rms"), i), 3),
+            "gate": "–" if gate is None else ("PASS" if gate.get("passed") else f"FAIL {gate.get('failed')}/{gate.get('total')}"),
+            "gate_title": "" if gate is None else str(gate.get("worst") or ""),
+            "stopped": step == stop.get("step"),
+        })
+    # Checkpoints between probe steps still get a row: the gate's value is what the probe is read against.
+    for step, gate in gate_at.items():
+        if step not in _list(probe.get("steps")):
+            rows.append({"step": step, "reward": fmt_num(reward_at.get(step), 3), "projection": "–", "projection_sigma": "–",
+                         "rotation_deg": "–", "rotation_rms": "–",
+                         "gate": "PASS" if gate.get("passed") else f"FAIL {gate.get('failed')}/{gate.get('total')}",
+                         "gate_title": str(gate.get("worst") or ""), "stopped": step == stop.get("step")})
+    return sorted(rows, key=lambda r: num(r["step"]) or 0)
+
+
+def live_probe_context(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The template's "Live probe" section: the stop sentence and the per-step rows (None without a probe log)."""
+    probe = data.get("live_probe")
+    if not isinstance(probe, dict):
+        return None
+    return {"stop": stop_text(probe.get("stop")), "rows": _live_probe_rows(probe), "sigma": _probe_in_sigma(probe),
+            "threshold": fmt_num(probe.get("threshold_sigma"), 3) if num(probe.get("threshold_sigma")) is not None else ""}
 
 
 def _window_segments(steps: Sequence[Any], values: Sequence[Any]) -> tuple[list[Any], list[Any]]:
@@ -516,6 +620,7 @@ def build_context(data: dict[str, Any]) -> dict[str, Any]:
         "trajectory": bool(traj),
         "worst_step": (traj.get("worst_step") or {}) if traj else {},
         "steps": _list(traj.get("steps")) if traj else [],
+        "live_probe": live_probe_context(data),
     }
 
 

@@ -273,14 +273,36 @@ def line_chart(x: Sequence[Any], series: Sequence[Series], *, title: str = "", x
 
 
 def dual_axis_chart(left: Sequence[Series], right: Sequence[Series], *, title: str = "", xlabel: str = "",
-                    left_label: str = "", right_label: str = "", note: str = "", width: int = 600, height: int = 320) -> str:
+                    left_label: str = "", right_label: str = "", note: str = "", width: int = 600, height: int = 320,
+                    right_hlines: Sequence[tuple[float, str]] = (), vlines: Sequence[tuple[float, str]] = (),
+                    right_include: Sequence[float] = ()) -> str:
     """Two groups of series on one x axis: ``left`` against the left y axis, ``right`` against the right one.
-    Right-axis series are drawn dashed-free but in their own colours; ``note`` is printed bottom-right."""
-    xs = [v for s in [*left, *right] for v in (s.x or range(len(s.y)))]
+    Right-axis series are drawn dashed-free but in their own colours; ``note`` is printed bottom-right.
+    ``right_hlines`` are dashed reference lines ``(y, label)`` on the right axis (a threshold), ``vlines``
+    solid vertical lines ``(x, label)`` in the failure colour (an event such as a stop); ``right_include`` are
+    values the right axis must show (0, say)."""
+    xs = [v for s in [*left, *right] for v in (s.x or range(len(s.y)))] + [x for x, _ in vlines]
     xlim = _extent(xs, pad=0.02)
     lf = _Frame(width, height, xlim, _extent([v for s in left for v in s.y]), margin=(58, 62, 44, 46))
-    rf = _Frame(width, height, xlim, _extent([v for s in right for v in s.y]), margin=(58, 62, 44, 46))
+    rf = _Frame(width, height, xlim, _extent([v for s in right for v in s.y], include=[*(y for y, _ in right_hlines), *right_include]),
+                margin=(58, 62, 44, 46))
     body = lf.axes(xlabel, left_label)
+    for hy, label in right_hlines:
+        if num(hy) is not None:
+            py = rf.y(num(hy))
+            body.append(f'<line x1="{rf.left}" x2="{width - rf.right}" y1="{py:.1f}" y2="{py:.1f}" stroke="{FAIL_COLOR}" '
+                        f'stroke-opacity="0.6" stroke-dasharray="5 4"/>')
+            if label:
+                body.append(f'<text x="{width - rf.right - 4}" y="{py - 5:.1f}" text-anchor="end" class="lab">{_esc(label)}</text>')
+    for vx, label in vlines:
+        if num(vx) is not None:
+            px = rf.x(num(vx))
+            body.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{rf.top}" y2="{height - rf.bottom}" stroke="{FAIL_COLOR}" stroke-width="2"/>')
+            if label:
+                # Right of the line, or left of it in the last fifth of the plot (where the text would be cut off).
+                left_side = px > rf.left + 0.8 * (width - rf.left - rf.right)
+                tx, anchor = (px - 4, "end") if left_side else (px + 4, "start")
+                body.append(f'<text x="{tx:.1f}" y="{rf.top + 12}" text-anchor="{anchor}" class="lab" style="fill:{FAIL_COLOR}">{_esc(label)}</text>')
     x1 = width - rf.right
     body.append(f'<line x1="{x1}" x2="{x1}" y1="{rf.top}" y2="{height - rf.bottom}" stroke="{MUTED}"/>')
     for t in nice_ticks(*rf.ylim):

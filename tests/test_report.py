@@ -505,3 +505,70 @@ def test_trajectory_labels_do_not_overlap_as_chromium_renders_them(tmp_path: Pat
         estimate = svgplot.text_box(x, y, text, 11.0, anchor, text.startswith("step"))
         # Chromium's box spans the font's full ascent..descent; the estimate only has to hold the glyphs' width.
         assert estimate.x0 <= bx and bx + bw <= estimate.x1, f"{text!r}: rendered {bw:.1f}px wide, estimated {estimate.x1 - estimate.x0:.1f}px"
+
+
+def _probe_run_dir(tmp_path: Path, stop: bool = True, sigma: bool = True) -> Path:
+    """A run dir as `drift-suite train --drift_every 2 --drift_stop 3` leaves it: train_log.jsonl and the manifest."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for step in range(1, 7):
+        entry = {"step": step, "reward": -0.1 + 0.05 * step, "loss": 0.0}
+        if step % 2 == 0:
+            entry |= {"drift/projection": -0.07 * step, "drift/rotation_deg": 2.0 * step}
+            if sigma:
+                entry |= {"drift/projection_sigma": -0.75 * step, "drift/rotation_rms": 0.25 * step}
+        lines.append(json.dumps(entry))
+    (run / "train_log.jsonl").write_text("\n".join(lines) + "\n{\"step\": 7, \"rew")  # a partial last line is skipped
+    manifest = {"model": "m", "arguments": {"drift_stop": 3.0, "drift_every": 2}}
+    if stop:
+        manifest["drift_stop"] = {"step": 6, "metric": "projection", "value_sigma": -4.5, "threshold_sigma": 3.0,
+                                  "patience": 1, "last_checkpoint_within_budget": "run/checkpoint-4"}
+    (run / "run_manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def _gate_outcome(failing_steps: set[int]):
+    from types import SimpleNamespace
+
+    def result(step: int):
+        value = 1.0 if step in failing_steps else 0.1
+        check = Check("projection", "layer 3", value, 0.0, 0.5, 0.1, step=step)
+        return SimpleNamespace(step=step, comparison=SimpleNamespace(checks=[check]))
+
+    return SimpleNamespace(steps=[result(2), result(4), result(6)])
+
+
+def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
+    from drift_suite.report_data import live_probe
+
+    probe = live_probe(_probe_run_dir(tmp_path), _gate_outcome({6}))
+    assert probe["steps"] == [2, 4, 6]
+    assert probe["projection_sigma"] == [-1.5, -3.0, -4.5] and probe["rotation_rms"] == [0.5, 1.0, 1.5]
+    assert probe["stop"]["step"] == 6 and probe["threshold_sigma"] == 3.0
+    assert [g["passed"] for g in probe["gate"]] == [True, True, False]
+    data = example_report_data(with_trajectory=True, failing=True) | {"live_probe": probe}
+    html = _render(tmp_path, data)
+    _assert_self_contained(html)
+    assert '<figure id="live-probe"' in html and 'id="live-probe-table"' in html
+    assert "Training stopped at step 6 by --drift_stop: the probe&#39;s projection read -4.5 σ, beyond 3 σ" in html
+    assert "Last checkpoint within budget: run/checkpoint-4." in html
+    assert "stopped at step 6" in html and "--drift_stop 3 σ" in html  # the stop line and the threshold in the plot
+    assert "6 (stop)" in html and "FAIL 1/1" in html and "-4.5" in html
+    context = build_context(data)
+    rows = context["live_probe"]["rows"]
+    assert [r["step"] for r in rows] == [2, 4, 6] and [r["gate"] for r in rows] == ["PASS", "PASS", "FAIL 1/1"]
+    assert [r["stopped"] for r in rows] == [False, False, True]
+
+
+def test_live_probe_without_stop_or_sigma(tmp_path: Path) -> None:
+    from drift_suite.report_data import live_probe
+
+    probe = live_probe(_probe_run_dir(tmp_path, stop=False, sigma=False))
+    assert probe["stop"] is None and probe["projection_sigma"] == [None, None, None]
+    html = _render(tmp_path, example_report_data() | {"live_probe": probe})
+    assert '<figure id="live-probe"' in html and "Stopped early" not in html and "stopped at step" not in html
+    assert "shift toward the roles (axis lengths)" in html  # raw units when the run logged no σ
+    (tmp_path / "run" / "train_log.jsonl").write_text(json.dumps({"step": 1, "reward": 0.1}) + "\n")
+    assert live_probe(tmp_path / "run") is None  # a run without --drift_every: no section
+    assert 'id="live-probe' not in _render(tmp_path, example_report_data() | {"live_probe": None}, "plain.html")
