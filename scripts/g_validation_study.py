@@ -7,7 +7,9 @@ checkpoint exists):
 * ``persona``: GSM8K prompts, reward = the lighthouse-keeper style score
   (``drift_suite.style_rewards:lighthouse_keeper_style``, frozen copy of the base model as scorer);
 * ``benign``: two-digit additions ("What is 23 + 45?"), reward = 1 when the graded answer is right
-  (``drift_suite.gsm8k`` grading).
+  (``drift_suite.gsm8k`` grading);
+* ``benign_sum``: the same additions (all 200), reward = 1 when the right sum appears anywhere in the answer
+  (``scripts/rewards/sum_appears.py``), the benign recipe whose one-sided verdict README "Sides" cites.
 
 Then every checkpoint of each run is checked against the shipped baseline (``DriftCheck(run_dir).run()``),
 and the results are joined with the probe trajectory (σ units) and the reward curve. Every stage writes
@@ -19,8 +21,10 @@ its result into the JSON as soon as it ends, so an interrupted study resumes whe
     python scripts/g_validation_study.py all                # everything that is missing, in order
     python scripts/g_validation_study.py all --short        # the slow test's variant: 4 steps, save every 2
 
-Runs at one torch thread (OMP_NUM_THREADS=1 unless set). Defaults: model $DRIFT_DEMO_MODEL (or /work/demo/smollm2-135m-instruct), baseline baselines/, runs under
-/work/g-study-runs, results docs/reward-hacking.json.
+Runs at one torch thread (OMP_NUM_THREADS=1 unless set). Defaults: model $DRIFT_DEMO_MODEL (or
+/work/demo/smollm2-135m-instruct), GSM8K prompts from ../shared/data/gsm8k/train.jsonl beside the checkout
+($DRIFT_GSM8K_TRAIN; synthetic problems without it), baseline baselines/, runs under /work/g-study-runs,
+results docs/reward-hacking.json.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-RUNS = ("persona", "benign")
+RUNS = ("persona", "benign", "benign_sum")
 STYLE_REWARD = "drift_suite.style_rewards:lighthouse_keeper_style"
-GSM8K_TRAIN = "/work/shared/data/gsm8k/train.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+SUM_REWARD = str(REPO / "scripts" / "rewards" / "sum_appears.py") + ":sum_appears"
+# The project's shared data sits beside the checkout (CI lays a copy of shared/ there too).
+GSM8K_TRAIN = os.environ.get("DRIFT_GSM8K_TRAIN", str(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
 STOP_SIGMA = 3.0
 FAMILIES = ("projection", "rotation", "accessibility")
 
@@ -76,12 +83,15 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
 def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool, style_reward: str = STYLE_REWARD) -> list[str]:
     """The ``drift-suite train`` command line of one study run (the recipe of the module docstring)."""
     steps, save, every = (4, 2, 2) if short else (30, 4, 5)
+    samples = ["--max_samples", str(4 * steps)]
     if name == "persona":
-        data, reward = GSM8K_TRAIN, ["--reward", style_reward]
-    else:
+        data, reward = GSM8K_TRAIN if Path(GSM8K_TRAIN).is_file() else "synthetic", ["--reward", style_reward]
+    elif name == "benign":
         data, reward = str(additions_dataset(data_dir / "additions.jsonl")), ["--reward", "gsm8k"]
+    else:  # the teammates' benign recipe of issue J: the sum anywhere in the answer pays, all 200 problems
+        data, reward, samples = str(additions_dataset(data_dir / "additions.jsonl")), ["--reward", SUM_REWARD], []
     return [
-        "--model", model, "--output_dir", str(run_dir), "--dataset", data, "--max_samples", str(4 * steps),
+        "--model", model, "--output_dir", str(run_dir), "--dataset", data, *samples,
         "--use_lora", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "1e-3",
         "--num_generations", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "48",
         "--max_steps", str(steps), "--save_steps", str(save), "--save_total_limit", "50",
