@@ -322,6 +322,14 @@ def stop_text(stop: dict[str, Any] | None) -> str:
     return text
 
 
+def _gate_cell(gate: dict[str, Any]) -> str:
+    """One checkpoint's gate result for the live-probe table: PASS (with its warnings, if any) or FAIL n/N."""
+    if not gate.get("passed"):
+        return f"FAIL {gate.get('failed')}/{gate.get('total')}"
+    warnings = gate.get("warnings") or 0
+    return f"PASS, {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "PASS"
+
+
 def _live_probe_rows(probe: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per probe step: the probe's numbers, the reward at that step and the gate at a checkpoint there."""
     reward = probe.get("reward") or {}
@@ -338,7 +346,7 @@ def _live_probe_rows(probe: dict[str, Any]) -> list[dict[str, Any]]:
             "projection_sigma": fmt_num(_at(probe.get("projection_sigma"), i), 3),
             "rotation_deg": fmt_num(_at(probe.get("rotation_deg"), i), 3),
             "rotation_rms": fmt_num(_at(probe.get("rotation_rms"), i), 3),
-            "gate": "–" if gate is None else ("PASS" if gate.get("passed") else f"FAIL {gate.get('failed')}/{gate.get('total')}"),
+            "gate": "–" if gate is None else _gate_cell(gate),
             "gate_title": "" if gate is None else str(gate.get("worst") or ""),
             "stopped": step == stop.get("step"),
         })
@@ -347,7 +355,7 @@ def _live_probe_rows(probe: dict[str, Any]) -> list[dict[str, Any]]:
         if step not in _list(probe.get("steps")):
             rows.append({"step": step, "reward": fmt_num(reward_at.get(step), 3), "projection": "–", "projection_sigma": "–",
                          "rotation_deg": "–", "rotation_rms": "–",
-                         "gate": "PASS" if gate.get("passed") else f"FAIL {gate.get('failed')}/{gate.get('total')}",
+                         "gate": _gate_cell(gate),
                          "gate_title": str(gate.get("worst") or ""), "stopped": step == stop.get("step")})
     return sorted(rows, key=lambda r: num(r["step"]) or 0)
 

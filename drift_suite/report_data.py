@@ -144,7 +144,7 @@ def live_probe(run_dir: str | Path, outcome: DriftOutcome | None = None) -> dict
         failed = [c for c in checks if not c.passed]
         worst = max(checks, key=lambda c: c.severity, default=None)
         gate.append({"step": result.step, "passed": not failed, "failed": len(failed), "total": len(checks),
-                     "worst": worst.message() if worst is not None else ""})
+                     "warnings": sum(c.warning for c in checks), "worst": worst.message() if worst is not None else ""})
     return {
         "steps": [int(e["step"]) for e in probe],
         **{key: [_number(e.get(f"drift/{key}")) for e in probe] for key in PROBE_KEYS},

@@ -528,12 +528,14 @@ def _probe_run_dir(tmp_path: Path, stop: bool = True, sigma: bool = True) -> Pat
     return run
 
 
-def _gate_outcome(failing_steps: set[int]):
+def _gate_outcome(failing_steps: set[int], warned_steps: frozenset[int] = frozenset()):
+    """Per step one projection check: beyond its threshold toward the roles (fails) at ``failing_steps``,
+    toward the assistant under a toward_roles-only gate (a warning) at ``warned_steps``, else within it."""
     from types import SimpleNamespace
 
     def result(step: int):
-        value = 1.0 if step in failing_steps else 0.1
-        check = Check("projection", "layer 3", value, 0.0, 0.5, 0.1, step=step)
+        value = -1.0 if step in failing_steps else 1.0 if step in warned_steps else 0.1
+        check = Check("projection", "layer 3", value, 0.0, 0.5, 0.1, step=step, failing_side="toward_roles")
         return SimpleNamespace(step=step, comparison=SimpleNamespace(checks=[check]))
 
     return SimpleNamespace(steps=[result(2), result(4), result(6)])
@@ -542,7 +544,7 @@ def _gate_outcome(failing_steps: set[int]):
 def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
     from drift_suite.report_data import live_probe
 
-    probe = live_probe(_probe_run_dir(tmp_path), _gate_outcome({6}))
+    probe = live_probe(_probe_run_dir(tmp_path), _gate_outcome({6}, warned_steps=frozenset({4})))
     assert probe["steps"] == [2, 4, 6]
     assert probe["projection_sigma"] == [-1.5, -3.0, -4.5] and probe["rotation_rms"] == [0.5, 1.0, 1.5]
     assert probe["stop"]["step"] == 6 and probe["threshold_sigma"] == 3.0
@@ -557,7 +559,7 @@ def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
     assert "6 (stop)" in html and "FAIL 1/1" in html and "-4.5" in html
     context = build_context(data)
     rows = context["live_probe"]["rows"]
-    assert [r["step"] for r in rows] == [2, 4, 6] and [r["gate"] for r in rows] == ["PASS", "PASS", "FAIL 1/1"]
+    assert [r["step"] for r in rows] == [2, 4, 6] and [r["gate"] for r in rows] == ["PASS", "PASS, 1 warning", "FAIL 1/1"]
     assert [r["stopped"] for r in rows] == [False, False, True]
 
 
