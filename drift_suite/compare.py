@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .baseline import Baseline
-from .config import BOTH, SIDES, Sides, Thresholds
+from .config import BOTH, SIDES, Sides, Thresholds, fails_on_side, side_of
 from .measure import Measurement
 from .metrics import accessibility, angle_deg, assistant_axis, project
 
@@ -57,19 +57,12 @@ class Check:
     @property
     def side(self) -> str:
         """The side the value moved to, as named in ``failing_side`` ("" without a sign or change)."""
-        delta = self.value - self.expected
-        if not np.isfinite(delta) or delta == 0 or self.family not in SIDES:
-            return ""
-        return SIDES[self.family][0 if delta > 0 else 1]
+        return side_of(self.family, self.value - self.expected)
 
     @property
     def passed(self) -> bool:
         """Within tolerance, or beyond it only on a side that does not fail (then :attr:`warning`)."""
-        if not self.exceeded:
-            return True
-        if self.failing_side == BOTH or self.family not in SIDES or not self.side:
-            return False
-        return self.side != self.failing_side
+        return not self.exceeded or not fails_on_side(self.family, self.value - self.expected, self.failing_side)
 
     @property
     def warning(self) -> bool:

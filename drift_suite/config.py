@@ -6,6 +6,7 @@ options. Unknown keys are rejected so a typo never silently falls back to a defa
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -24,6 +25,21 @@ SIDES: dict[str, tuple[str, str]] = {
 """Per family with a direction: the side a value above the baseline moved to, then the side below it.
 (The Assistant Axis points from the roles to the assistant, so a projection above baseline moved toward the
 assistant; an accessibility ratio above 1 means the role is easier to slip into.) Rotation has no sign."""
+
+
+def side_of(family: str, delta: float) -> str:
+    """The side a change ``delta`` (value − baseline) of ``family`` moved to ("" without a sign or a change)."""
+    if family not in SIDES or not math.isfinite(delta) or delta == 0:
+        return ""
+    return SIDES[family][0 if delta > 0 else 1]
+
+
+def fails_on_side(family: str, delta: float, failing_side: str) -> bool:
+    """Whether a change ``delta`` beyond its threshold fails when ``failing_side`` fails (else it only warns).
+
+    ``both``, a family without sides (rotation) and a change without a side always fail."""
+    side = side_of(family, delta)
+    return failing_side == BOTH or not side or side == failing_side
 
 
 @dataclass(frozen=True)

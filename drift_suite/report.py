@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from . import svgplot as sp
-from .config import BOTH, SIDES
+from .config import BOTH, fails_on_side
 from .metrics import MIN_PAIRS_FOR_CI
 from .svgplot import Series, fmt_num, num
 
@@ -84,11 +84,7 @@ def _status(c: dict[str, Any]) -> str:
 
 def _fails_on_side(family: str, delta: float, sides: dict[str, Any]) -> bool:
     """Whether a change ``delta`` beyond the threshold fails under ``sides`` (the report data's), or only warns."""
-    failing = sides.get(family) or BOTH
-    if failing == BOTH or family not in SIDES:
-        return True
-    above, below = SIDES[family]
-    return failing == (above if delta > 0 else below)
+    return fails_on_side(family, delta, sides.get(family) or BOTH)
 
 
 def _warning_sentence(checks: list[dict[str, Any]]) -> str:
