@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from . import svgplot as sp
 from .errors import EXIT_USAGE
 from .results import ResultsError, read_results, write_results
-from .svgplot import Series, fmt_num
+from .report import template_env
+from .svgplot import Series
 
 
 class HistoryError(ResultsError):
@@ -209,15 +209,9 @@ def history_context(history: History, title: str | None = None) -> dict[str, Any
     }
 
 
-def _env() -> Environment:
-    env = Environment(loader=PackageLoader("drift_suite", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = fmt_num
-    return env
-
-
 def report_style() -> str:
     """The report's own stylesheet, read from its template, so the two pages never diverge in look."""
-    env = _env()
+    env = template_env()
     source, _, _ = env.loader.get_source(env, "report.html.j2")  # type: ignore[union-attr]
     match = re.search(r"<style>(.*?)</style>", source, re.S)
     return match.group(1) if match else ""
@@ -228,7 +222,7 @@ def render_history(directory: str | Path, path: str | Path, title: str | None = 
     history = read_history(directory)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    html = _env().get_template("history.html.j2").render(**history_context(history, title))
+    html = template_env().get_template("history.html.j2").render(**history_context(history, title))
     target.write_text(html, encoding="utf-8")
     return target, history
 

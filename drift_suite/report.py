@@ -28,7 +28,8 @@ FAMILY_TITLES = {"projection": "Projection on the Assistant Axis", "rotation": "
                  "accessibility": "Persona accessibility"}
 
 
-def _env() -> Environment:
+def template_env() -> Environment:
+    """The jinja environment of the package's HTML pages (autoescaped; the ``num`` filter), report and history alike."""
     env = Environment(loader=PackageLoader("drift_suite", "templates"), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_num
@@ -635,6 +636,6 @@ def render_report(data: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    html = _env().get_template("report.html.j2").render(**build_context(data))
+    html = template_env().get_template("report.html.j2").render(**build_context(data))
     path.write_text(html, encoding="utf-8")
     return path
