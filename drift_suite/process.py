@@ -101,11 +101,13 @@ def barrier() -> None:
         dist.barrier(group=_gloo_group())
 
 
-def raise_first_error(errors: Sequence[str]) -> None:
-    """Raise the lowest rank's error on every rank, so no rank waits for one that has given up."""
+def raise_first_error(errors: Sequence[str], error_type: type[DriftSuiteError] = DistributedError) -> None:
+    """Raise the lowest rank's error on every rank, so no rank waits for one that has given up.
+
+    ``error_type`` keeps the kind (and so the exit code) of the error the ranks met, e.g. a failing reward."""
     for rank, error in enumerate(errors):
         if error:
-            raise DistributedError(error if rank == process_context().rank else f"rank {rank}: {error}")
+            raise error_type(error if rank == process_context().rank else f"rank {rank}: {error}")
 
 
 def on_main_then_share(work: Callable[[], T], after: Callable[[], T]) -> T:

@@ -149,16 +149,14 @@ def _agree_across_processes(error: RewardFunctionError | None) -> None:
     Each rank scores its own completions; a rank that gave up alone would leave the others waiting in TRL's
     gather of the rewards. One small exchange per reward call keeps them together.
     """
-    from .process import all_gather_bytes, process_context
+    from .process import all_gather_bytes, process_context, raise_first_error
 
     if not process_context().distributed:
         if error is not None:
             raise error
         return
     messages = [m.decode() for m in all_gather_bytes(str(error).encode() if error is not None else b"")]
-    for rank, message in enumerate(messages):
-        if message:
-            raise RewardFunctionError(message if rank == process_context().rank else f"rank {rank}: {message}") from error
+    raise_first_error(messages, RewardFunctionError)
 
 
 def checked(func: Callable[..., Any], name: str) -> CheckedReward:

@@ -520,3 +520,21 @@ def test_a_reward_model_that_cannot_load_is_one_line(tiny_checkpoint, tmp_path, 
     assert main(["--model", str(tiny_checkpoint), "--output_dir", "out", *RUN, "--max_steps", "1", "--reward", str(broken)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1].startswith(f"drift-suite train: error: --reward {broken.resolve()}: the reward model could not be loaded")
+
+
+def test_a_reward_failing_on_another_rank_fails_this_one_with_its_line(monkeypatch):
+    """Under several processes every rank raises the lowest failing rank's RewardFunctionError (exit 3), so no
+    rank is left waiting in TRL's gather; a rank whose own reward failed raises its own line."""
+    from drift_suite import process, rewards
+    from drift_suite.errors import EXIT_MEASUREMENT_FAILED
+
+    monkeypatch.setattr(process, "process_context", lambda: process.ProcessContext(rank=0, world_size=2))
+    monkeypatch.setattr(process, "all_gather_bytes", lambda payload: [payload, b"reward f returned nan for completion 1 at step 3"])
+    ok = rewards.CheckedReward(lambda prompts, completions, **kw: [1.0] * len(completions), "f")
+    with pytest.raises(rewards.RewardFunctionError, match=r"^rank 1: reward f returned nan for completion 1 at step 3$") as caught:
+        ok(["p"], ["c"])
+    assert caught.value.exit_code == EXIT_MEASUREMENT_FAILED
+    broken = rewards.CheckedReward(lambda prompts, completions, **kw: [float("nan")], "g")
+    monkeypatch.setattr(process, "all_gather_bytes", lambda payload: [payload, b""])
+    with pytest.raises(rewards.RewardFunctionError, match=r"^reward g returned nan for completion 0 at step \?$"):
+        broken(["p"], ["c"])
