@@ -87,6 +87,11 @@ class ProbeNoise:
     n_boot: int
 
 
+def stop_reading(metric: str, value_sigma: float) -> str:
+    """A drift stop's reading in words: ``projection -4.2σ`` or ``rotation 3.1× RMS``."""
+    return f"projection {value_sigma:+.1f}σ" if metric == "projection" else f"rotation {value_sigma:.1f}× RMS"
+
+
 def sharded_weights(args: TrainingArguments | None) -> str:
     """The engine that shards the weights across processes (FSDP, DeepSpeed ZeRO-3), or ``""``."""
     import os
@@ -288,7 +293,7 @@ class DriftProbeCallback(TrainerCallback):
         metric, value = ("projection", metrics["drift/projection_sigma"]) if projection >= rotation else ("rotation", rotation)
         self.stop = {"step": step, "metric": metric, "value_sigma": float(value), "threshold_sigma": float(self.stop_sigma),
                      "patience": self.patience}
-        reading = f"projection {value:+.1f}σ" if metric == "projection" else f"rotation {value:.1f}× RMS"
+        reading = stop_reading(metric, value)
         log.warning("drift probe: stopping at step %d: %s past %gσ for %d probe(s) in a row; saving checkpoint-%d",
                     step, reading, self.stop_sigma, self.patience, step)
         return True

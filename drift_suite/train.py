@@ -582,10 +582,10 @@ def summary_lines(
 
         lines.append(f"drift/projection: {', '.join(reading(e) for e in drift)}")
     if drift_stop:
-        value = drift_stop["value_sigma"]
-        reading = f"projection {value:+.1f}σ" if drift_stop["metric"] == "projection" else f"rotation {value:.1f}× RMS"
+        from .callbacks import stop_reading
+
         lines.append(
-            f"drift stop: step {drift_stop['step']}, {reading} past "
+            f"drift stop: step {drift_stop['step']}, {stop_reading(drift_stop['metric'], drift_stop['value_sigma'])} past "
             f"--drift_stop {drift_stop['threshold_sigma']:g} ({drift_stop['patience']} probe(s) in a row); last checkpoint "
             f"within budget: {drift_stop['last_checkpoint_within_budget'] or 'none'}"
         )
