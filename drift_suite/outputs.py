@@ -26,28 +26,26 @@ class CIOutputs:
     def wanted(self) -> bool:
         return bool(self.json or self.markdown or self.history)
 
+    def _places(self) -> list[tuple[str, str, Callable[[str, str], Any], str]]:
+        """``(field, path, checker, what)`` of each output asked for."""
+        places = (("json", check_output_file, "results JSON"), ("markdown", check_output_file, "markdown summary"),
+                  ("history", check_output_dir, "drift history"))
+        return [(name, getattr(self, name), checker, what) for name, checker, what in places if getattr(self, name)]
+
     def check(self) -> None:
         """One-line :class:`~drift_suite.results.ResultsError` (exit 4) for a place that cannot be written."""
-        if self.json:
-            check_output_file(self.json, "results JSON")
-        if self.markdown:
-            check_output_file(self.markdown, "markdown summary")
-        if self.history:
-            check_output_dir(self.history, "drift history")
+        for _name, path, checker, what in self._places():
+            checker(path, what)
 
     def writable(self) -> "CIOutputs":
         """These outputs less the ones :meth:`check` refuses (a run stopped by one says so in its own line)."""
-        kept = {}
-        for name, checker, what in (("json", check_output_file, "results JSON"), ("markdown", check_output_file, "markdown summary"),
-                                    ("history", check_output_dir, "drift history")):
-            path = getattr(self, name)
+        refused = {}
+        for name, path, checker, what in self._places():
             try:
-                if path:
-                    checker(path, what)
-                    kept[name] = path
+                checker(path, what)
             except ResultsError:
-                pass
-        return replace(self, json=kept.get("json"), markdown=kept.get("markdown"), history=kept.get("history"))
+                refused[name] = None
+        return replace(self, **refused)
 
     def publish_safely(self, build: Callable[[], dict[str, Any]], warn: Callable[[str], None],
                        report: str | Path | None = None) -> list[str]:
