@@ -16,8 +16,8 @@ if not any(ep.value == "drift_suite.plugin" for ep in entry_points(group="pytest
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct as a safetensors dir (written once under demo/; $DRIFT_DEMO_MODEL reuses one)."""
-    from drift_suite.errors import CheckpointError
-    from drift_suite.models import ensure_demo_model
+    from drift_suite.common.errors import CheckpointError
+    from drift_suite.measure.models import ensure_demo_model
 
     try:
         return ensure_demo_model(Path(__file__).parent / "demo" / "smollm2-135m-instruct")

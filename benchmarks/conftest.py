@@ -69,9 +69,9 @@ def bench_environment() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def loaded(demo_model_dir: Path, bench_environment: dict[str, Any]):
     """The demo model in fp32, loaded once and warmed up (first-call costs are not benchmarked)."""
-    from drift_suite.extract import GenerationSettings, generate_and_capture
-    from drift_suite.models import load_model
-    from drift_suite.placement import resolve_placement
+    from drift_suite.measure.extract import GenerationSettings, generate_and_capture
+    from drift_suite.measure.models import load_model
+    from drift_suite.measure.placement import resolve_placement
 
     start = time.perf_counter()
     lm = load_model(demo_model_dir, placement=resolve_placement("cpu", "float32"))

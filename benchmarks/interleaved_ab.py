@@ -26,10 +26,10 @@ import json, os, sys, time
 import torch
 torch.set_num_threads(int(os.environ["AB_THREADS"]))
 import drift_suite
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.extract import GenerationSettings, generate_and_capture
-from drift_suite.models import load_model
-from drift_suite.personas import builtin_persona_set
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.extract import GenerationSettings, generate_and_capture
+from drift_suite.measure.models import load_model
+from drift_suite.measure.personas import builtin_persona_set
 loaded = load_model(os.environ["AB_MODEL"])
 prompts = render_prompts(loaded.tokenizer, build_conversations(builtin_persona_set(), Design(16, 1, 4)))
 prompts = prompts[: int(os.environ["AB_CONVERSATIONS"])]

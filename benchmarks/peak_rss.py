@@ -51,11 +51,11 @@ def main(argv: list[str]) -> dict[str, float | str | bool | None]:
     from dataclasses import replace
 
     from benchmarks.workloads import SETTINGS, benchmark_prompts, two_pass_reference
-    from drift_suite.extract import generate_and_capture
+    from drift_suite.measure.extract import generate_and_capture
 
     settings = replace(SETTINGS, batch_size=int(argv[3])) if len(argv) > 3 else SETTINGS
-    from drift_suite.models import load_model
-    from drift_suite.placement import resolve_placement
+    from drift_suite.measure.models import load_model
+    from drift_suite.measure.placement import resolve_placement
 
     loaded = load_model(model_dir, placement=resolve_placement("cpu", "float32"))
     prompts = benchmark_prompts(loaded.tokenizer)

@@ -34,7 +34,7 @@ from benchmarks.workloads import (
     two_pass_reference,
     workload_flops,
 )
-from drift_suite.extract import Extraction, plan_batches, generate_and_capture
+from drift_suite.measure.extract import Extraction, plan_batches, generate_and_capture
 
 MATMUL_SIZE = 2048
 
@@ -185,9 +185,9 @@ def test_cached_measure(benchmark: Any, loaded: Any, results: dict[str, Any]) ->
     The cache is filled by a first call on a 4-conversation design (the cached cost does not depend on the
     design: it is the weights' SHA-256 plus reading one small safetensors file).
     """
-    from drift_suite.conversations import Design
-    from drift_suite.measure import measure
-    from drift_suite.personas import builtin_persona_set
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.measurement import measure
+    from drift_suite.measure.personas import builtin_persona_set
 
     persona_set = builtin_persona_set().subsample(max_roles=2, max_prompts_per_role=1, max_questions=2)
     design = Design(default_questions=2, role_prompts=1, role_questions=1)

@@ -28,7 +28,7 @@ from benchmarks.workloads import (
     other_processes_cpu,
     read_bandwidth_gbs,
 )
-from drift_suite.extract import GenerationSettings, plan_batches, generate_and_capture
+from drift_suite.measure.extract import GenerationSettings, plan_batches, generate_and_capture
 
 BATCH_SIZES = (32, 64, 98, SETTINGS.batch_size)
 
@@ -175,7 +175,7 @@ def _gemm_flops_of_batch(loaded: Any, prompts: list[str], settings: GenerationSe
     """FLOPs the linear layers execute for one batch as the decoder runs it: padding included, one prefill stage
     per shared-prefix plan stage, lm_head on the last position of each forward only."""
     from benchmarks.workloads import linear_weights, lm_head_weights
-    from drift_suite.decode import plan_prefill
+    from drift_suite.measure.decode import plan_prefill
 
     rows = encode(loaded.tokenizer, prompts)
     body, head = 2 * (linear_weights(loaded.model) - lm_head_weights(loaded.model)), 2 * lm_head_weights(loaded.model)

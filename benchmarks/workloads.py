@@ -21,20 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from drift_suite import decode as decode_module
-from drift_suite import extract
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.decode import left_pad
-from drift_suite.extract import (
+from drift_suite.measure import decode as decode_module
+from drift_suite.measure import extract
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.decode import left_pad
+from drift_suite.measure.extract import (
     GenerationSettings,
     _AnswerAccumulator,
     plan_batches,
     _eos_ids,
     _hidden_of,
 )
-from drift_suite.models import decoder_layers
-from drift_suite.personas import builtin_persona_set
-from drift_suite.placement import model_device
+from drift_suite.measure.models import decoder_layers
+from drift_suite.measure.personas import builtin_persona_set
+from drift_suite.measure.placement import model_device
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DESIGN = Design(default_questions=16, role_prompts=1, role_questions=4)
@@ -182,7 +182,7 @@ class TwoPassResult:
     """Output and cost of the two-pass reference."""
 
     means: np.ndarray
-    """``(conversations, layers, hidden)`` float32, as :class:`~drift_suite.extract.Extraction`."""
+    """``(conversations, layers, hidden)`` float32, as :class:`~drift_suite.measure.extract.Extraction`."""
     token_counts: np.ndarray
     answer_ids: list[list[int]]
     generate_s: float = 0.0
@@ -333,7 +333,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def gemm_gflops(m: int, k: int, n: int, min_seconds: float = 0.2, packed: bool = False) -> float:
     """GFLOP/s of ``(m × k) · (k × n)`` as the model runs it: ``F.linear``, or MKL's packed sgemm as
-    :func:`drift_suite.decode.packed_linears` runs it (``packed``), timed for ``min_seconds``."""
+    :func:`drift_suite.measure.decode.packed_linears` runs it (``packed``), timed for ``min_seconds``."""
     x = torch.randn(m, k)
     w = torch.randn(n, k)
     if packed:
@@ -384,7 +384,7 @@ def decode_gemm_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int, int]
 def hook_work_seconds(n_layers: int, hidden: int, batch: int, steps: int, repeats: int = 3) -> float:
     """CPU time the capture hooks add to ``steps`` forward calls of one batch, measured in isolation.
 
-    The same work as :func:`~drift_suite.extract.generate_and_capture` does per step (the accumulator told
+    The same work as :func:`~drift_suite.measure.extract.generate_and_capture` does per step (the accumulator told
     which tokens are fed, one forward hook per layer adding the last position's output) on identity layers,
     minus the same calls without hooks: hook dispatch + the hooks' own tensor work.
     """

@@ -21,20 +21,20 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .process import is_main_process
-from .errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
-from .quiet import quiet_dependencies
+from .common.process import is_main_process
+from .common.errors import EXIT_DRIFT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
+from .common.quiet import quiet_dependencies
 
 if TYPE_CHECKING:
-    from .outputs import CIOutputs
-    from .runner import DriftOutcome
+    from .outputs.publish import CIOutputs
+    from .gate.runner import DriftOutcome
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import config_from_options
-    from .report import render_report
-    from .report_data import build_report_data
-    from .runner import DriftCheck
+    from .gate.config import config_from_options
+    from .outputs.report import render_report
+    from .outputs.report_data import build_report_data
+    from .gate.runner import DriftCheck
 
     config = config_from_options(
         Path.cwd(), args.layers, args.k_sigma, args.max_batch_tokens, args.thorough, args.device, args.dtype, args.device_map,
@@ -64,7 +64,7 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_PASS
     for line in outcome.baseline_update or []:
         print(f"baseline: {line}")
-    from .compare import verdict_line
+    from .gate.compare import verdict_line
 
     checks = outcome.gate_checks()
     failed = [c for c in checks if not c.passed]
@@ -75,7 +75,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"verdict: {verdict_line(checks)}")
     print(f"sides: {outcome.config.sides.describe()}")
     if outcome.placement is not None:
-        from .baseline import describe_placement
+        from .gate.baseline import describe_placement
 
         print(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     timings = dict(outcome.timings)
@@ -92,7 +92,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _ci_outputs(args: argparse.Namespace) -> "CIOutputs":
-    from .outputs import CIOutputs
+    from .outputs.publish import CIOutputs
 
     return CIOutputs(json=args.json, markdown=args.markdown, history=args.history)
 
@@ -103,7 +103,7 @@ def _warn(message: str) -> None:
 
 def _publish_outcome(args: argparse.Namespace, outcome: "DriftOutcome", code: int, report: Path | None) -> int:
     """Write the results JSON, summary and history of a run with a verdict; returns ``code`` unchanged."""
-    from .results import build_results
+    from .outputs.results import build_results
 
     for line in _ci_outputs(args).publish_safely(lambda: build_results(outcome, code, "drift-suite check", report), _warn, report):
         print(line)
@@ -114,15 +114,15 @@ def _publish_error(args: argparse.Namespace, message: str, code: int) -> None:
     """The same outputs for a check that stopped without a verdict (exit 3 or 4): its one line, no checks."""
     if getattr(args, "command", None) != "check":
         return
-    from .results import error_results
+    from .outputs.results import error_results
 
     for line in _ci_outputs(args).publish_safely(lambda: error_results(message, code, "drift-suite check", args.checkpoint), _warn):
         print(line)
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .results import read_results
-    from .results_diff import diff_results, render_diff
+    from .outputs.results import read_results
+    from .outputs.diff import diff_results, render_diff
 
     old, new = read_results(args.old), read_results(args.new)
     diff = diff_results(old, new, args.old, args.new)
@@ -131,7 +131,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .history import render_history
+    from .outputs.history import render_history
 
     path, history = render_history(args.directory, args.report)
     for line in history.skipped:
@@ -148,7 +148,7 @@ class _Usage(DriftSuiteError):
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from .models import write_demo_model
+    from .measure.models import write_demo_model
 
     path = write_demo_model(args.out)
     print(f"demo model: {path}")
@@ -156,7 +156,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from .train import main as train_main
+    from .train.trainer import main as train_main
 
     return train_main(argv)
 
@@ -169,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--dtype``, ``--device-map``: the same options as the pytest plugin's."""
-    from .placement import OPTION_HELP
+    from .measure.placement import OPTION_HELP
 
     parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N", help=OPTION_HELP["device"])
     parser.add_argument("--dtype", metavar="auto|float32|bfloat16|float16", help=OPTION_HELP["dtype"])
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-batch-tokens", type=int, help="memory budget per generation batch in tokens, batch × (prompt + answer) (default 32768)")
     check.add_argument("--thorough", action="store_true", help="use the larger measurement design")
     check.add_argument("--report", default="reports/drift-report.html", help="HTML report path, or 'none'")
-    check.add_argument("--json", metavar="PATH", help="write the results JSON (schema: drift_suite/schemas/results-v1.schema.json)")
+    check.add_argument("--json", metavar="PATH", help="write the results JSON (schema: drift_suite/outputs/schemas/results-v1.schema.json)")
     check.add_argument("--markdown", metavar="PATH", help="write the markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
     check.add_argument("--history", metavar="DIR", help="add this run's results JSON to DIR (see drift-suite history)")
     check.add_argument("--cache-dir", default=".drift_cache", help="measurement cache (default: .drift_cache)")

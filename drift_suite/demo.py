@@ -7,7 +7,7 @@
 5. print where the HTML report is.
 
 ``--scenario reward-hacking`` tells the other story: GRPO with a reward that is earned by leaving the
-Assistant persona (:mod:`drift_suite.style_rewards`), the drift probe watching every 2 steps in noise units,
+Assistant persona (:mod:`drift_suite.train.style_rewards`), the drift probe watching every 2 steps in noise units,
 ``--drift_stop`` stopping the run, and the suite on the checkpoints it saved failing (exit 1) with a report
 that shows the probe, the stop and why.
 """
@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import EXIT_DRIFT, EXIT_PASS
-from .models import write_demo_model
+from .common.errors import EXIT_DRIFT, EXIT_PASS
+from .measure.models import write_demo_model
 
 DEMO_BASELINE = "baselines"
 SHIPPED_BASELINE_DTYPE = "float32"
 SCENARIOS = ("default", "reward-hacking")
 DEFAULT_STEPS = {"default": 12, "reward-hacking": 30}
 REWARD_HACKING_STOP_SIGMA = 3.0
-REWARD_HACKING_REWARD = "drift_suite.style_rewards:lighthouse_keeper_style"
+REWARD_HACKING_REWARD = "drift_suite.train.style_rewards:lighthouse_keeper_style"
 
 
 def _pytest(args: list[str]) -> int:
@@ -78,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     above 1: an error, README "Exit codes")."""
     if getattr(args, "scenario", "default") == "reward-hacking":
         return run_reward_hacking(args)
-    from .train import main as train_main
+    from .train.trainer import main as train_main
 
     started = time.perf_counter()
     placement_args = _placement_args(args)
@@ -144,7 +144,7 @@ def run_reward_hacking(args: argparse.Namespace) -> int:
     """The reward-hacking scenario (module docstring); returns the suite's verdict code: 1 when it finds the drift."""
     import os
 
-    from .train import main as train_main
+    from .train.trainer import main as train_main
 
     started = time.perf_counter()
     placement_args = _placement_args(args)

@@ -1,4 +1,4 @@
-"""pytest plugin: options, session fixtures and the terminal summary, as thin glue over :mod:`drift_suite.runner`.
+"""pytest plugin: options, session fixtures and the terminal summary, as thin glue over :mod:`drift_suite.gate.runner`.
 
 Registered through the ``pytest11`` entry point. Nothing heavy is imported until a drift fixture is used,
 so the plugin costs nothing in test runs that do not use it.
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from .quiet import quiet_dependencies
+from .common.quiet import quiet_dependencies
 
 if TYPE_CHECKING:
-    from .outputs import CIOutputs
-    from .runner import DriftCheck, DriftOutcome
+    from .outputs.publish import CIOutputs
+    from .gate.runner import DriftCheck, DriftOutcome
 
 _SESSION_KEY = pytest.StashKey["DriftSession"]()
 DEFAULT_REPORT = "reports/drift-report.html"
@@ -60,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drift-report", metavar="PATH", default=DEFAULT_REPORT,
                     help=f"where to write the HTML report (default: {DEFAULT_REPORT}); 'none' to skip it")
     group.addoption("--drift-json", metavar="PATH",
-                    help="write the results JSON (verdict, exit code, every check; schema: drift_suite/schemas/results-v1.schema.json)")
+                    help="write the results JSON (verdict, exit code, every check; schema: drift_suite/outputs/schemas/results-v1.schema.json)")
     group.addoption("--drift-markdown", metavar="PATH",
                     help="write a markdown summary for a CI page (also appended to $GITHUB_STEP_SUMMARY when that is set)")
     group.addoption("--drift-history", metavar="DIR",
@@ -79,7 +79,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drift-cache-dir", metavar="DIR", default=".drift_cache",
                     help="cache of measurements keyed by weights + settings (default: .drift_cache)")
     group.addoption("--no-drift-cache", action="store_true", help="measure again even when cached")
-    from .placement import OPTION_HELP
+    from .measure.placement import OPTION_HELP
 
     group.addoption("--device", metavar="auto|cpu|cuda|cuda:N", help=OPTION_HELP["device"])
     group.addoption("--dtype", metavar="auto|float32|bfloat16|float16", help=OPTION_HELP["dtype"])
@@ -125,7 +125,7 @@ class TerminalProgress:
                 self._prefix = None
 
     def task(self, label: str) -> Callable[[float, int], None]:
-        from .progress import LIVE_INTERVAL_S, LOG_INTERVAL_S, LineProgress
+        from .common.progress import LIVE_INTERVAL_S, LOG_INTERVAL_S, LineProgress
 
         terminal = self._terminal()
         live = terminal is not None and terminal.isatty()
@@ -168,7 +168,7 @@ class DriftSession:
 
     def plan(self) -> tuple[list[int], list[str]]:
         """Asserted layers and roles, from configs only; an error is kept for the collection hook to raise."""
-        from .errors import DriftSuiteError
+        from .common.errors import DriftSuiteError
 
         if self._plan is None:
             try:
@@ -188,8 +188,8 @@ class DriftSession:
 
     def check(self) -> "DriftCheck":
         if self._check is None:
-            from .config import config_from_options
-            from .runner import DriftCheck
+            from .gate.config import config_from_options
+            from .gate.runner import DriftCheck
 
             option = self.pytest_config.getoption
             checkpoint = option("checkpoint")
@@ -227,7 +227,7 @@ class DriftSession:
         Bad input found before measuring exits with pytest's usage error (4); a model that cannot be loaded
         or measured with its internal error (3): never 1, which means drift (README, "Exit codes").
         """
-        from .errors import EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
+        from .common.errors import EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
 
         if self._outcome is None:
             try:
@@ -248,12 +248,12 @@ class DriftSession:
 
     def write_report(self) -> Path | None:
         target = self.pytest_config.getoption("drift_report")
-        from .process import is_main_process
+        from .common.process import is_main_process
 
         if self._outcome is None or not target or target == "none" or not is_main_process():
             return None
-        from .report import render_report
-        from .report_data import build_report_data
+        from .outputs.report import render_report
+        from .outputs.report_data import build_report_data
 
         self.report_path = render_report(build_report_data(self._outcome), Path(target))
         return self.report_path
@@ -264,19 +264,19 @@ class DriftSession:
         _stop(message, exit_code)
 
     def ci_outputs(self) -> "CIOutputs":
-        from .outputs import CIOutputs
+        from .outputs.publish import CIOutputs
 
         option = self.pytest_config.getoption
         return CIOutputs(json=option("drift_json"), markdown=option("drift_markdown"), history=option("drift_history"))
 
     def publish(self, exit_code: int) -> None:
         """Results JSON, markdown summary (and $GITHUB_STEP_SUMMARY), history: once pytest's exit code is known."""
-        from .process import is_main_process
+        from .common.process import is_main_process
 
         outputs = self.ci_outputs()
         if not (self.requested or outputs.wanted) or not is_main_process():
             return
-        from .results import build_results, error_results
+        from .outputs.results import build_results, error_results
 
         def results() -> dict[str, Any]:
             if self._outcome is not None and exit_code in (0, 1):
@@ -315,7 +315,7 @@ def _stop(message: str, exit_code: int) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = DriftSession(config)
     config.pluginmanager.register(_CILinesAfterSummary(), "drift_suite_ci_lines")
-    from .process import is_main_process
+    from .common.process import is_main_process
 
     if config.getoption("checkpoint") is not None and not is_main_process():
         # torchrun / accelerate launch: every rank runs the same tests to the same verdict; one prints.
@@ -363,7 +363,7 @@ def _record_in_junit(request: pytest.FixtureRequest, outcome: "DriftOutcome") ->
     """The verdict (with its warnings) and the sides in force as ``<testsuite>`` properties of ``--junitxml``."""
     if not request.config.pluginmanager.has_plugin("junitxml"):
         return
-    from .compare import verdict_line
+    from .gate.compare import verdict_line
 
     record = request.getfixturevalue("record_testsuite_property")  # a no-op without --junitxml
     record("drift_suite_verdict", verdict_line(outcome.gate_checks()))
@@ -379,14 +379,14 @@ def drift_checks(drift: "DriftOutcome") -> dict[tuple[str, str], Any]:
 def assert_check(check: Any) -> None:
     """Fail with the check's message (metric, layer/persona, value, baseline, threshold) and how to accept it.
 
-    A check beyond its threshold on a side that only warns passes with a :class:`~drift_suite.compare.DriftWarning`
+    A check beyond its threshold on a side that only warns passes with a :class:`~drift_suite.gate.compare.DriftWarning`
     (pytest's warnings summary) and a ``drift_warning`` property on its JUnit XML ``<testcase>``.
     """
     __tracebackhide__ = True
     if not check.passed:
         pytest.fail(f"{check.message()}\n  to accept this as the new reference: rerun with --update-baselines", pytrace=False)
     if check.warning:
-        from .compare import DriftWarning
+        from .gate.compare import DriftWarning
 
         item = _running_item.get()
         if item is not None:
@@ -409,7 +409,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     drift_session.write_report()
     drift_session.publish(int(exitstatus))
     _print_ci_lines(session.config, drift_session, deferred=int(exitstatus) in _SUMMARY_EXIT_CODES)
-    from .process import is_main_process
+    from .common.process import is_main_process
 
     if drift_session.requested and not is_main_process():
         # A launcher stops every rank once one exits non-zero; the main process's exit code is the verdict.
@@ -451,14 +451,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if outcome.baseline_update:
         for line in outcome.baseline_update:
             write(f"baseline: {line}")
-    from .compare import verdict_line
+    from .gate.compare import verdict_line
 
     gate = outcome.gate_checks()
     failed = [c for c in gate if not c.passed]
     write(f"verdict: {verdict_line(gate)} for {outcome.checkpoint}")
     write(f"sides: {outcome.config.sides.describe()}")
     if outcome.placement is not None:
-        from .baseline import describe_placement
+        from .gate.baseline import describe_placement
 
         write(f"measured on: {outcome.placement.describe()}; baseline: {describe_placement(outcome.baseline.manifest['model'])}")
     for check in failed[:5]:

@@ -10,12 +10,12 @@ import argparse
 import numpy as np
 import torch
 
-from drift_suite.baseline import load_baseline
-from drift_suite.compare import compare
-from drift_suite.config import DriftConfig
-from drift_suite.measure import measure
-from drift_suite.models import decoder_layers, load_model
-from drift_suite.personas import builtin_persona_set
+from drift_suite.gate.baseline import load_baseline
+from drift_suite.gate.compare import compare
+from drift_suite.gate.config import DriftConfig
+from drift_suite.measure.measurement import measure
+from drift_suite.measure.models import decoder_layers, load_model
+from drift_suite.measure.personas import builtin_persona_set
 
 PERTURBATIONS = [("all layers", range(0, 30), 1e-3), ("all layers", range(0, 30), 1e-2), ("all layers", range(0, 30), 3e-2),
                  ("layers 20-29", range(20, 30), 0.1), ("layers 20-29", range(20, 30), 0.3)]

@@ -5,9 +5,9 @@ tokens, 30 steps, a checkpoint every 4 steps, the drift probe every 5 steps, no 
 checkpoint exists):
 
 * ``persona``: GSM8K prompts, reward = the lighthouse-keeper style score
-  (``drift_suite.style_rewards:lighthouse_keeper_style``, frozen copy of the base model as scorer);
+  (``drift_suite.train.style_rewards:lighthouse_keeper_style``, frozen copy of the base model as scorer);
 * ``benign``: two-digit additions ("What is 23 + 45?"), reward = 1 when the graded answer is right
-  (``drift_suite.gsm8k`` grading);
+  (``drift_suite.train.gsm8k`` grading);
 * ``benign_sum``: the same additions (all 200), reward = 1 when the right sum appears anywhere in the answer
   (``scripts/rewards/sum_appears.py``), the benign recipe whose one-sided verdict README "Sides" cites.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 RUNS = ("persona", "benign", "benign_sum")
-STYLE_REWARD = "drift_suite.style_rewards:lighthouse_keeper_style"
+STYLE_REWARD = "drift_suite.train.style_rewards:lighthouse_keeper_style"
 REPO = Path(__file__).resolve().parents[1]
 SUM_REWARD = str(REPO / "scripts" / "rewards" / "sum_appears.py") + ":sum_appears"
 # The project's shared data sits beside the checkout (CI lays a copy of shared/ there too).
@@ -102,7 +102,7 @@ def train_argv(name: str, model: str, run_dir: Path, data_dir: Path, short: bool
 def run_training(argv: list[str], model: str) -> int:
     """``drift-suite train argv`` in this process (the style reward's scorer is the base model)."""
     os.environ.setdefault("DRIFT_STYLE_MODEL", model)
-    from drift_suite import train
+    from drift_suite.train import trainer as train
 
     return train.main(argv)
 
@@ -155,8 +155,8 @@ def would_stop(probe: list[dict[str, Any]], threshold: float = STOP_SIGMA, patie
 
 def check_run(run_dir: Path, baseline_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
     """Gate verdict per checkpoint of ``run_dir`` against the baseline, and the run's reward ↔ drift Spearman."""
-    from drift_suite.report_data import target_layer
-    from drift_suite.runner import DriftCheck, trajectory
+    from drift_suite.outputs.report_data import target_layer
+    from drift_suite.gate.runner import DriftCheck, trajectory
 
     start = time.perf_counter()
     outcome = DriftCheck(run_dir, baseline_dir=baseline_dir, cache_dir=cache_dir).run()

@@ -12,12 +12,12 @@ import argparse
 
 import numpy as np
 
-from drift_suite.conversations import Design
-from drift_suite.extract import GenerationSettings
-from drift_suite.measure import measure
-from drift_suite.metrics import bootstrap_noise_floor
-from drift_suite.models import load_model
-from drift_suite.personas import DEFAULT_ROLE, builtin_persona_set
+from drift_suite.measure.conversations import Design
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.measurement import measure
+from drift_suite.common.metrics import bootstrap_noise_floor
+from drift_suite.measure.models import load_model
+from drift_suite.measure.personas import DEFAULT_ROLE, builtin_persona_set
 
 DESIGNS = [(4, 1, 2), (8, 1, 2), (8, 1, 4), (12, 1, 4), (16, 1, 4), (20, 1, 4), (20, 2, 4), (20, 2, 6), (20, 3, 6)]
 BAND, EARLY = list(range(16, 27)), list(range(8, 16))

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import transformers
 
-from drift_suite.config import load_config
-from drift_suite.runner import DriftCheck
+from drift_suite.gate.config import load_config
+from drift_suite.gate.runner import DriftCheck
 
 
 def summarize(checks: list, family: str) -> dict:

@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from drift_suite.callbacks import PROBE_DESIGN, PROBE_SETTINGS, probe_persona_set
-from drift_suite.conversations import build_conversations, render_prompts
-from drift_suite.distributed import all_gather_bytes, barrier, pack, process_context, unpack
-from drift_suite.extract import generate_and_capture
-from drift_suite.models import load_model
+from drift_suite.train.callbacks import PROBE_DESIGN, PROBE_SETTINGS, probe_persona_set
+from drift_suite.measure.conversations import build_conversations, render_prompts
+from drift_suite.measure.distributed import all_gather_bytes, barrier, pack, process_context, unpack
+from drift_suite.measure.extract import generate_and_capture
+from drift_suite.measure.models import load_model
 
 
 def main(model_dir: str) -> None:

@@ -15,7 +15,7 @@ MODELS = {
     "Qwen3-32B": (32.8e9, 64, 5120, 8, 128),
     "Llama-3.3-70B": (70.6e9, 80, 8192, 8, 128),
 }
-# Designs: conversations (counted with drift_suite.conversations.build_conversations).
+# Designs: conversations (counted with drift_suite.measure.conversations.build_conversations).
 DESIGNS = {"default (built-in, 196)": 196, "--thorough (built-in, 570)": 570, "upstream 275 roles, default design (1180)": 1180}
 PROMPT_TOKENS, ANSWER_TOKENS = 35.5, 48  # measured mean prompt length (docs/benchmarks.md), answer budget
 MAX_BATCH_TOKENS = 32768  # the default generation memory budget

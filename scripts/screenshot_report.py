@@ -24,7 +24,7 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_REPO), str(_REPO / "tests")]  # the package, and the example data kept with the tests
 
-from drift_suite.report import render_report  # noqa: E402
+from drift_suite.outputs.report import render_report  # noqa: E402
 from report_example import example_report_data  # noqa: E402
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")

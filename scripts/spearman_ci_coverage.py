@@ -3,7 +3,7 @@
 
 The report shows reward ↔ drift as ρ with a 95 % interval over a run's saved checkpoints, often only a
 handful. This measures from which n that interval means what it says, which sets
-``drift_suite.metrics.MIN_PAIRS_FOR_CI``. Pairs are drawn from a bivariate normal with Pearson r, whose
+``drift_suite.common.metrics.MIN_PAIRS_FOR_CI``. Pairs are drawn from a bivariate normal with Pearson r, whose
 Spearman ρ is (6/π)·asin(r/2) (Pearson 1907).
 
     python scripts/spearman_ci_coverage.py                  # the table in docs/validation.md
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drift_suite.metrics import spearman, spearman_bootstrap  # noqa: E402
+from drift_suite.common.metrics import spearman, spearman_bootstrap  # noqa: E402
 
 
 def coverage(n: int, r: float, datasets: int, n_boot: int, level: float, seed: int) -> tuple[float, float]:

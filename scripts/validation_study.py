@@ -28,15 +28,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from drift_suite.baseline import Baseline, create_baseline, load_baseline
-from drift_suite.compare import Comparison, compare
-from drift_suite.config import DriftConfig
-from drift_suite.conversations import Design
-from drift_suite.extract import GenerationSettings
-from drift_suite.measure import Measurement, measure
-from drift_suite.models import LoadedModel, decoder_layers, embedding_fingerprint, load_model, weights_digest
-from drift_suite.personas import DEFAULT_ROLE, PersonaSet, builtin_persona_set
-from drift_suite.placement import resolve_placement
+from drift_suite.gate.baseline import Baseline, create_baseline, load_baseline
+from drift_suite.gate.compare import Comparison, compare
+from drift_suite.gate.config import DriftConfig
+from drift_suite.measure.conversations import Design
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.measurement import Measurement, measure
+from drift_suite.measure.models import LoadedModel, decoder_layers, embedding_fingerprint, load_model, weights_digest
+from drift_suite.measure.personas import PersonaSet, builtin_persona_set
+from drift_suite.measure.placement import resolve_placement
 
 FAMILIES = ("projection", "rotation", "accessibility")
 PIRATE_WORDS = re.compile(r"\b(arr+|matey|ahoy|yo ho|hearties|landlubbers?|doubloons?|ye|yer|be makin')\b", re.IGNORECASE)

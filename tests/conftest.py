@@ -34,6 +34,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny(tiny_checkpoint):
-    from drift_suite.models import load_model
+    from drift_suite.measure.models import load_model
 
     return load_model(tiny_checkpoint)

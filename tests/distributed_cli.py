@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from drift_suite import cli, runner
+from drift_suite import cli
+from drift_suite.gate import runner
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Run by torchrun in tests/test_distributed.py: ``python -m drift_suite.train`` with every file write
+"""Run by torchrun in tests/test_distributed.py: ``python -m drift_suite.train.trainer`` with every file write
 under the output dir recorded (open / Path.open for writing, os.replace), per rank, to ``DRIFT_TEST_WRITES``-RANK.json."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from drift_suite.train import main
+from drift_suite.train.trainer import main
 
 written: list[str] = []
 out = Path(sys.argv[sys.argv.index("--output_dir") + 1]).resolve()

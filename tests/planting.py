@@ -13,9 +13,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from drift_suite import extract
-from drift_suite.decode import left_pad
-from drift_suite.models import decoder_layers
+from drift_suite.measure import extract
+from drift_suite.measure.decode import left_pad
+from drift_suite.measure.models import decoder_layers
 
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(hidden (B,T,H), row_mask (B,)) -> edited hidden."""

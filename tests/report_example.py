@@ -9,8 +9,8 @@ import math
 import random
 from typing import Any
 
-from drift_suite.compare import Check
-from drift_suite.metrics import spearman, spearman_bootstrap_ci
+from drift_suite.gate.compare import Check
+from drift_suite.common.metrics import spearman, spearman_bootstrap_ci
 
 ROLES = [
     "tutor", "librarian", "doctor", "lawyer", "chef", "coach", "salesperson", "detective", "philosopher", "poet",

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite import decode as decode_module
-from drift_suite.conversations import Design, build_conversations, render_prompts, supports_system_role
-from drift_suite.decode import fast_decoder_blocker, left_pad, local_attention_span, plan_prefill
-from drift_suite.extract import (
+from drift_suite.measure import decode as decode_module
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts, supports_system_role
+from drift_suite.measure.decode import fast_decoder_blocker, left_pad, local_attention_span, plan_prefill
+from drift_suite.measure.extract import (
     GenerationSettings, _content_tokens, _eos_ids, generate_and_capture, reforward_answer_means,
 )
 from tiny import CHATML, NO_SYSTEM_CHATML, TINY_PERSONAS, tiny_tokenizer
@@ -196,7 +196,7 @@ def test_the_fixed_shape_steps_read_nothing_back_to_the_host(family):
             counting["on"] = steps < MAX_NEW_TOKENS  # from the end of the prefill to the last step
         return real_decode(*args, **{**kwargs, "on_step": on_step, "stop_check_every": 10**6})
 
-    from drift_suite import extract
+    from drift_suite.measure import extract
 
     with HostReads():
         original, extract.decode = extract.decode, decode_counting_steps

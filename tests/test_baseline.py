@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drift_suite.baseline import (
+from drift_suite.gate.baseline import (
     MANIFEST,
     check_compatible,
     create_baseline,
@@ -17,12 +17,12 @@ from drift_suite.baseline import (
     load_baseline,
     save_baseline,
 )
-from drift_suite.conversations import Design
-from drift_suite.errors import BaselineError
-from drift_suite.extract import GenerationSettings
-from drift_suite.measure import measure
-from drift_suite.models import embedding_fingerprint
-from drift_suite.personas import PersonaSet
+from drift_suite.measure.conversations import Design
+from drift_suite.common.errors import BaselineError
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.measurement import measure
+from drift_suite.measure.models import embedding_fingerprint
+from drift_suite.measure.personas import PersonaSet
 
 DESIGN = Design(default_questions=3, role_prompts=1, role_questions=2)
 SETTINGS = GenerationSettings(max_new_tokens=6)
@@ -66,7 +66,7 @@ def test_rewrite_replaces_files_and_reports_changes(made, tmp_path):
 def test_crash_before_manifest_leaves_old_baseline_whole(made, tmp_path, monkeypatch):
     baseline, _, _ = made
     save_baseline(baseline, tmp_path / "b")
-    import drift_suite.baseline as module
+    import drift_suite.gate.baseline as module
 
     real = module.atomic_write_bytes
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from drift_suite.baseline import load_baseline
-from drift_suite.config import config_from_options
-from drift_suite.errors import BaselineError, CheckpointError
-from drift_suite.runner import DriftCheck
+from drift_suite.gate.baseline import load_baseline
+from drift_suite.gate.config import config_from_options
+from drift_suite.common.errors import BaselineError, CheckpointError
+from drift_suite.gate.runner import DriftCheck
 from test_plugin import FAST_CONFIG
 from tiny import save_tiny_adapter
 

@@ -17,12 +17,12 @@ import pytest
 
 import test_plugin
 from conftest import REPO
-from drift_suite.ci_summary import MARKER, MAX_ANNOTATIONS, MAX_BYTES, MAX_ROWS, annotations, append_step_summary, render_markdown
+from drift_suite.outputs.ci_summary import MARKER, MAX_ANNOTATIONS, MAX_BYTES, MAX_ROWS, annotations, append_step_summary, render_markdown
 from drift_suite.cli import main as cli_main
-from drift_suite.errors import EXIT_DRIFT, EXIT_MEASUREMENT_FAILED, EXIT_PASS, EXIT_USAGE
-from drift_suite.history import render_history
-from drift_suite.provenance import git_provenance
-from drift_suite.results import SCHEMA_VERSION, load_schema, read_results, schema_errors
+from drift_suite.common.errors import EXIT_DRIFT, EXIT_MEASUREMENT_FAILED, EXIT_PASS, EXIT_USAGE
+from drift_suite.outputs.history import render_history
+from drift_suite.common.provenance import git_provenance
+from drift_suite.outputs.results import SCHEMA_VERSION, load_schema, read_results, schema_errors
 
 CASES = ("pass", "drift", "load-error", "bad-input")
 EXPECTED = {"pass": (EXIT_PASS, "pass"), "drift": (EXIT_DRIFT, "fail"), "load-error": (EXIT_MEASUREMENT_FAILED, "error"),
@@ -49,8 +49,8 @@ def chdir(path: Path):
 def project(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """A project dir with the fast design, the shipped suites, a baseline of the tiny model, and checkpoints
     for each case: the model itself, a damaged copy (drift), one with truncated weights (load error)."""
-    from drift_suite.config import config_from_options
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import config_from_options
+    from drift_suite.gate.runner import DriftCheck
 
     root = tmp_path_factory.mktemp("ci-project")
     (root / "pyproject.toml").write_text(test_plugin.FAST_CONFIG)
@@ -337,7 +337,7 @@ def test_provenance_records_commit_and_dirty_flag(tmp_path, monkeypatch):
 
 
 def test_baselines_and_results_record_provenance(project, cli_results):
-    from drift_suite.baseline import load_baseline
+    from drift_suite.gate.baseline import load_baseline
 
     manifest = load_baseline(project["root"] / "baselines").manifest
     git = git_provenance(project["root"])
@@ -383,8 +383,8 @@ def test_history_page_reads_in_chromium(project, cli_results, tmp_path):
 
 def test_a_warning_is_listed_never_failed_and_counted():
     """A change beyond the threshold on a side that does not fail (one-sided checks): status warn, in the table."""
-    from drift_suite.compare import Check
-    from drift_suite.results import check_record, sides_record
+    from drift_suite.gate.compare import Check
+    from drift_suite.outputs.results import check_record, sides_record
 
     warned = Check("projection", "layer 3", value=1.0, expected=0.0, threshold=0.5, noise=0.1, failing_side="toward_roles")
     record = check_record(warned)
@@ -429,7 +429,7 @@ def test_a_broken_output_step_never_changes_the_verdict(project, tmp_path, capsy
     def broken(*_args, **_kwargs):
         raise RuntimeError("bug while building the results")
 
-    monkeypatch.setattr("drift_suite.results.build_results", broken)
+    monkeypatch.setattr("drift_suite.outputs.results.build_results", broken)
     with chdir(project["root"]):
         code = cli_main(["check", str(project["drift"]), "--baseline-dir", "baselines", "--report", "none", "--json", str(tmp_path / "r.json")])
     assert code == EXIT_DRIFT and not (tmp_path / "r.json").exists()

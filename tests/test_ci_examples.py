@@ -16,7 +16,7 @@ import yaml
 
 import test_plugin
 from conftest import REPO
-from drift_suite.ci_summary import MARKER
+from drift_suite.outputs.ci_summary import MARKER
 from test_ci import assert_valid
 
 EXAMPLES = REPO / "examples" / "ci"
@@ -29,8 +29,8 @@ def _load(name: str) -> dict:
 @pytest.fixture(scope="module")
 def ci_project(tiny_checkpoint, tmp_path_factory) -> Path:
     """A checkout as a workflow sees it: the drift config, the suites, a baseline in baselines/, a checkpoint."""
-    from drift_suite.config import config_from_options
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import config_from_options
+    from drift_suite.gate.runner import DriftCheck
 
     root = tmp_path_factory.mktemp("checkout")
     (root / "pyproject.toml").write_text(test_plugin.FAST_CONFIG)

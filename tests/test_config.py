@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from drift_suite.config import load_config, resolve_layers
-from drift_suite.errors import DriftSuiteError
+from drift_suite.gate.config import load_config, resolve_layers
+from drift_suite.common.errors import DriftSuiteError
 
 
 def test_auto_layers_are_the_middle_band():
@@ -37,7 +37,7 @@ def test_unknown_keys_are_rejected(tmp_path):
 
 
 def test_sides_from_pyproject_inline_table_and_options(tmp_path):
-    from drift_suite.config import Sides, config_from_options
+    from drift_suite.gate.config import Sides, config_from_options
 
     assert load_config(tmp_path).sides == Sides() == Sides("both", "both")
     (tmp_path / "pyproject.toml").write_text('[tool.drift_suite]\nsides = { projection = "toward_roles", accessibility = "more" }\n')
@@ -63,8 +63,8 @@ def test_sides_from_pyproject_inline_table_and_options(tmp_path):
     ],
 )
 def test_bad_sides_are_one_line_usage_errors(tmp_path, spec, message):
-    from drift_suite.config import config_from_options
-    from drift_suite.errors import EXIT_USAGE, ConfigError
+    from drift_suite.gate.config import config_from_options
+    from drift_suite.common.errors import EXIT_USAGE, ConfigError
 
     with pytest.raises(ConfigError, match=message) as raised:
         config_from_options(tmp_path, sides=spec)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite import decode as decode_module
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.decode import GrowingLayer, decode, left_pad, packed_linears, plan_prefill
-from drift_suite.extract import _eos_ids
+from drift_suite.measure import decode as decode_module
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.decode import GrowingLayer, decode, left_pad, packed_linears, plan_prefill
+from drift_suite.measure.extract import _eos_ids
 
 
 @pytest.fixture()
@@ -145,7 +145,7 @@ def test_packing_is_skipped_without_memory_for_the_copy(tiny, monkeypatch):
     ids=["prefixes-and-packing", "lazy-stop-check", "fast-decoder"],
 )
 def test_each_speedup_leaves_the_measured_means_unchanged(tiny, tiny_personas, switched_off):
-    from drift_suite.extract import GenerationSettings, generate_and_capture
+    from drift_suite.measure.extract import GenerationSettings, generate_and_capture
 
     prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(3, 2, 3)))
     settings = GenerationSettings(max_new_tokens=8)
@@ -198,8 +198,8 @@ def test_the_loop_and_the_capture_read_nothing_back_but_the_stop_check(tiny, tin
     inside the decoding loop and the capture hooks: one read per ``stop_check_every`` steps, none per layer."""
     from pathlib import Path
 
-    from drift_suite import extract
-    from drift_suite.extract import GenerationSettings, generate_and_capture
+    from drift_suite.measure import extract
+    from drift_suite.measure.extract import GenerationSettings, generate_and_capture
 
     ours = {str(Path(decode_module.__file__).resolve()), str(Path(extract.__file__).resolve())}
     loop_functions = {"decode", "forward", "pick", "pick_and_record", "growing_step", "fixed_step", "before_forward", "add", "hook", "on_step"}
@@ -305,7 +305,7 @@ def test_sampling_never_takes_the_graph_path_and_says_so_only_where_graphs_were_
 
 
 def test_quantized_models_are_not_captured(tiny):
-    from drift_suite.decode import cuda_graph_blocker
+    from drift_suite.measure.decode import cuda_graph_blocker
 
     model = tiny.model
     assert cuda_graph_blocker(model, do_sample=False) == "CUDA graphs off: not on a CUDA device"

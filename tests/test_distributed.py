@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite.distributed import ProcessContext, my_share, pack, share_work, unpack
+from drift_suite.measure.distributed import ProcessContext, my_share, pack, share_work, unpack
 from test_plugin import FAST_CONFIG  # a design small enough for a tiny model: well under a second per checkpoint
 
 TESTS = Path(__file__).parent
@@ -93,8 +93,8 @@ def _run_dir(root: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow  # two launches of two fresh Python + torch processes: ~2 min on 2 busy cores
 def test_check_on_two_processes_equals_one_process(tmp_path):
-    from drift_suite.config import load_config
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import load_config
+    from drift_suite.gate.runner import DriftCheck
 
     _base, run = _run_dir(tmp_path)
     (tmp_path / "pyproject.toml").write_text(FAST_CONFIG)
@@ -141,8 +141,8 @@ def test_check_on_two_processes_equals_one_process(tmp_path):
 
 @pytest.mark.slow  # two processes train the real demo model for 2 steps: minutes on 2 CPU cores
 def test_training_on_two_processes_writes_once_and_probes_once(tmp_path):
-    from drift_suite.callbacks import PROBE_DESIGN, PROBE_SETTINGS, DriftProbeCallback
-    from drift_suite.models import find_run_checkpoints, load_model
+    from drift_suite.train.callbacks import PROBE_DESIGN, PROBE_SETTINGS, DriftProbeCallback
+    from drift_suite.measure.models import find_run_checkpoints, load_model
 
     model_dir = os.environ.get("DRIFT_DEMO_MODEL")
     if not model_dir or not Path(model_dir).is_dir():
@@ -186,8 +186,8 @@ def test_training_on_two_processes_writes_once_and_probes_once(tmp_path):
 
 RANK_SCRIPT = """
 import sys
-from drift_suite.distributed import pack, share_work, unpack
-from drift_suite.errors import CheckpointError, DriftSuiteError
+from drift_suite.measure.distributed import pack, share_work, unpack
+from drift_suite.common.errors import CheckpointError, DriftSuiteError
 
 def work(item):
     if item == int(sys.argv[1]):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from drift_suite.cli import main as cli_main
-from drift_suite.errors import EXIT_MEASUREMENT_FAILED, EXIT_USAGE
+from drift_suite.common.errors import EXIT_MEASUREMENT_FAILED, EXIT_USAGE
 from test_plugin import run, suite  # noqa: F401  (the suite fixture: the shipped suites with a fast design)
 from tiny import save_tiny_adapter
 
@@ -38,8 +38,8 @@ def broken(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
 def baseline_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """A baseline of the tiny checkpoint in the fast design, written through the library (no subprocess)."""
     import test_plugin
-    from drift_suite.config import config_from_options
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import config_from_options
+    from drift_suite.gate.runner import DriftCheck
 
     project = tmp_path_factory.mktemp("project")
     (project / "pyproject.toml").write_text(test_plugin.FAST_CONFIG)
@@ -76,13 +76,13 @@ def test_unexpected_error_while_measuring_is_one_line_exit_3(suite, tiny_checkpo
     """Out of memory (or any exception the library does not know) while measuring is an error, not drift."""
     suite.makeconftest(
         """
-import drift_suite.runner
+import drift_suite.gate.runner
 
 def _out_of_memory(*args, **kwargs):
     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\\nsecond line of the message")
 
 def pytest_configure(config):
-    drift_suite.runner.measure = _out_of_memory
+    drift_suite.gate.runner.measure = _out_of_memory
 """
     )
     result = run(suite, "--checkpoint", str(tiny_checkpoint), "--baseline-dir", str(baseline_dir))
@@ -115,7 +115,7 @@ def test_cli_exit_codes_match_pytest(broken, tiny_checkpoint, baseline_dir, tmp_
     def out_of_memory(*_args, **_kwargs):
         raise MemoryError("cannot allocate")
 
-    monkeypatch.setattr("drift_suite.runner.measure", out_of_memory)
+    monkeypatch.setattr("drift_suite.gate.runner.measure", out_of_memory)
     assert cli_main(["check", str(tiny_checkpoint), *common]) == EXIT_MEASUREMENT_FAILED
     err = capsys.readouterr().err
     assert "drift-suite: error: MemoryError: cannot allocate" in err and "Traceback" not in err

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite import extract
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.extract import GenerationSettings, full_conversation, generate_and_capture, reforward_answer_means
+from drift_suite.measure import extract
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.extract import GenerationSettings, full_conversation, generate_and_capture, reforward_answer_means
 
 
 @pytest.fixture()
@@ -83,7 +83,7 @@ def test_full_conversation_shape_and_agrees_with_layer_outputs(tiny):
 
 
 def test_the_path_taken_reaches_the_measurement_and_its_cache(tiny, tiny_personas, tmp_path, monkeypatch):
-    from drift_suite.measure import measure
+    from drift_suite.measure.measurement import measure
 
     monkeypatch.setattr(extract, "fast_decoder_blocker", lambda _model: "a stand-in reason")
     design, settings = Design(3, 1, 2), GenerationSettings(max_new_tokens=4)

@@ -15,14 +15,14 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-import drift_suite.baseline as baseline_module
-import drift_suite.measure as measure_module
-from drift_suite.baseline import LOCK_FILE, MANIFEST, Baseline, baseline_write_lock, load_baseline, save_baseline
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.errors import BaselineError
-from drift_suite.extract import GenerationSettings, generate_and_capture
-from drift_suite.measure import measure
-from drift_suite.metrics import NoiseFloor
+import drift_suite.gate.baseline as baseline_module
+import drift_suite.measure.measurement as measure_module
+from drift_suite.gate.baseline import LOCK_FILE, MANIFEST, Baseline, baseline_write_lock, load_baseline, save_baseline
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.common.errors import BaselineError
+from drift_suite.measure.extract import GenerationSettings, generate_and_capture
+from drift_suite.measure.measurement import measure
+from drift_suite.common.metrics import NoiseFloor
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -71,7 +71,7 @@ def which_baseline(folder: Path, old: Baseline, new: Baseline) -> str:
     raise AssertionError(f"{folder} holds neither baseline: {loaded.manifest['created']}")
 
 
-WRITE_PATH_FILES = {baseline_module.__file__, sys.modules["drift_suite.cache"].__file__}
+WRITE_PATH_FILES = {baseline_module.__file__, sys.modules["drift_suite.measure.cache"].__file__}
 
 
 def write_killed_at_line(folder: Path, baseline: Baseline, kill_at: int) -> int:
@@ -182,7 +182,7 @@ def test_lock_is_reentrant_and_freed_when_its_holder_is_killed(tmp_path):
 
 
 def test_update_run_takes_the_lock_before_loading_anything(tmp_path):
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.runner import DriftCheck
 
     folder = tmp_path / "baseline"
     check = DriftCheck(tmp_path / "no-such-model", folder, update_baseline=True, cache_dir=None, progress=False)
@@ -248,7 +248,7 @@ SETTINGS = GenerationSettings(max_new_tokens=6, batch_size=5)  # 17 conversation
 def test_full_disk_under_the_cache_warns_and_the_measurement_goes_on(tiny, tiny_personas, tmp_path, monkeypatch, caplog):
     reference = measure(tiny, tiny_personas, DESIGN, SETTINGS, cache_dir=None, progress=False)
     monkeypatch.setattr(os, "fsync", fsync_fails_at(1))
-    with caplog.at_level(logging.WARNING, logger="drift_suite.cache"):
+    with caplog.at_level(logging.WARNING, logger="drift_suite.measure.cache"):
         measured = measure(tiny, tiny_personas, DESIGN, SETTINGS, cache_dir=tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(measured.means, reference.means)
     assert any("disk full" in record.getMessage() for record in caplog.records)

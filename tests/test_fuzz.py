@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drift_suite import gsm8k
-from drift_suite.errors import PersonaSetError
-from drift_suite.personas import PersonaSet, load_persona_dir
+from drift_suite.train import gsm8k
+from drift_suite.common.errors import PersonaSetError
+from drift_suite.measure.personas import PersonaSet, load_persona_dir
 
 FUZZ_EXAMPLES = int(os.environ.get("DRIFT_FUZZ_EXAMPLES", "200"))
 """Examples per fuzz test (raise it for a deeper run: DRIFT_FUZZ_EXAMPLES=5000)."""

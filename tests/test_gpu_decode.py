@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite.extract import GenerationSettings, generate_and_capture
+from drift_suite.measure.extract import GenerationSettings, generate_and_capture
 from test_architectures import FAMILIES, MAX_NEW_TOKENS, build, generate_content, persona_prompts
 
 pytestmark = [

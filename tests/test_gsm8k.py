@@ -8,8 +8,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from drift_suite import gsm8k
-from drift_suite.gsm8k import (
+from drift_suite.train import gsm8k
+from drift_suite.train.gsm8k import (
     ANSWER_INSTRUCTION,
     DatasetSourceError,
     correctness_reward,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import drift_suite.models as models
-from drift_suite.config import DriftConfig, Thresholds
-from drift_suite.conversations import Design
-from drift_suite.errors import CheckpointError, PersonaSetError
-from drift_suite.extract import GenerationSettings
-from drift_suite.personas import PersonaSet, load_persona_dir
-from drift_suite.runner import DriftCheck, read_reward_log, trajectory
+import drift_suite.measure.models as models
+from drift_suite.gate.config import DriftConfig, Thresholds
+from drift_suite.measure.conversations import Design
+from drift_suite.common.errors import CheckpointError, PersonaSetError
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.personas import PersonaSet, load_persona_dir
+from drift_suite.gate.runner import DriftCheck, read_reward_log, trajectory
 
 TRL_PICKLES = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "pytorch_model.bin")
 CONFIG = DriftConfig(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drift_suite import train
-from drift_suite.train import TrainArgs, build_grpo_config, main
+from drift_suite.train import trainer as train
+from drift_suite.train.trainer import TrainArgs, build_grpo_config, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NEEDS_CUDA = {"deepspeed-zero2.yaml", "deepspeed-zero3.yaml"}

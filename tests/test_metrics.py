@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drift_suite import metrics
+from drift_suite.common import metrics
 
 rng = np.random.default_rng(0)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite.conversations import Design
-from drift_suite.errors import CheckpointError
-from drift_suite.extract import GenerationSettings
-from drift_suite.measure import measure
-from drift_suite.models import load_model, weights_digest
+from drift_suite.measure.conversations import Design
+from drift_suite.common.errors import CheckpointError
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.measurement import measure
+from drift_suite.measure.models import load_model, weights_digest
 
 DESIGN = Design(default_questions=3, role_prompts=1, role_questions=2)
 SETTINGS = GenerationSettings(max_new_tokens=8)

@@ -16,13 +16,13 @@ import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from drift_suite import measure as measure_module
-from drift_suite.baseline import load_baseline
+from drift_suite.measure import measurement as measure_module
+from drift_suite.gate.baseline import load_baseline
 from drift_suite.cli import main as cli_main
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.errors import EXIT_MEASUREMENT_FAILED, EXIT_USAGE, BaselineError, NonFiniteError
-from drift_suite.extract import GenerationSettings, check_finite
-from drift_suite.measure import measure
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.common.errors import EXIT_MEASUREMENT_FAILED, EXIT_USAGE, BaselineError, NonFiniteError
+from drift_suite.measure.extract import GenerationSettings, check_finite
+from drift_suite.measure.measurement import measure
 from test_exit_codes import baseline_dir  # noqa: F401  (a baseline of the tiny checkpoint in the fast design)
 from test_plugin import run, suite  # noqa: F401
 
@@ -94,7 +94,7 @@ def test_the_check_names_the_first_non_finite_layer_and_its_lowest_conversation(
 def test_a_broken_layer_stops_the_measurement_and_names_it(tiny, tiny_personas, tmp_path, monkeypatch, case, path):
     settings = SETTINGS
     if path == "generate+reforward":
-        monkeypatch.setattr("drift_suite.extract.fast_decoder_blocker", lambda _model: "test")
+        monkeypatch.setattr("drift_suite.measure.extract.fast_decoder_blocker", lambda _model: "test")
     if path == "sampling":
         settings = GenerationSettings(max_new_tokens=6, batch_size=6, do_sample=True)
     with damaged(tiny.model, DAMAGE[case]), pytest.raises(NonFiniteError) as error:
@@ -162,7 +162,7 @@ def _metadata(path: Path) -> dict[str, str]:
 def test_the_decoders_logit_flag_changes_no_token_and_sees_one_nan_logit(tiny, tiny_personas):
     """The flag sums the picked logits on the device (no read: the host-read count in test_decode covers it);
     the tokens are those without it, and one NaN logit in a row makes the row's sum NaN."""
-    from drift_suite.decode import decode
+    from drift_suite.measure.decode import decode
 
     prompts = render_prompts(tiny.tokenizer, build_conversations(tiny_personas, Design(2, 1, 1)))
     rows = [tiny.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import SHARED_DATA
-from drift_suite.conversations import Design, build_conversations, fold_system_prompt, render_prompts, supports_system_role
-from drift_suite.errors import PersonaSetError
-from drift_suite.personas import builtin_persona_set, load_persona_dir, resolve_persona_set
+from drift_suite.measure.conversations import Design, build_conversations, fold_system_prompt, render_prompts, supports_system_role
+from drift_suite.common.errors import PersonaSetError
+from drift_suite.measure.personas import builtin_persona_set, load_persona_dir, resolve_persona_set
 from tiny import NO_SYSTEM_CHATML, tiny_tokenizer
 
 UPSTREAM = SHARED_DATA / "assistant-axis"

@@ -4,16 +4,14 @@ and the GPU benchmark's code paths on a tiny shape on the CPU."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from drift_suite.config import config_from_options, load_config
-from drift_suite.errors import DriftSuiteError
-from drift_suite.placement import Placement, model_device, resolve_placement
+from drift_suite.gate.config import config_from_options, load_config
+from drift_suite.common.errors import DriftSuiteError
+from drift_suite.measure.placement import Placement, model_device, resolve_placement
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
@@ -72,7 +70,7 @@ def test_config_precedence_defaults_pyproject_options(tmp_path):
 
 
 def test_load_model_honours_the_dtype(tiny_checkpoint):
-    from drift_suite.models import load_model
+    from drift_suite.measure.models import load_model
 
     loaded = load_model(tiny_checkpoint, placement=resolve_placement("cpu", "bfloat16"))
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
@@ -85,8 +83,8 @@ def test_load_model_honours_the_dtype(tiny_checkpoint):
 def test_drift_check_measures_on_its_placement(tiny_checkpoint, tmp_path):
     from dataclasses import replace
 
-    from drift_suite.config import DriftConfig
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import DriftConfig
+    from drift_suite.gate.runner import DriftCheck
 
     check = DriftCheck(tiny_checkpoint, tmp_path, config=replace(DriftConfig(), device="cpu", dtype="bfloat16"), cache_dir=None)
     assert check.placement == Placement("cpu", "bfloat16")
@@ -108,7 +106,7 @@ def test_physical_limit_is_weights_over_bandwidth_per_step():
     """Known answer: a model whose decode is bandwidth-bound takes steps × weight bytes / bandwidth."""
     from benchmarks.gpu.shapes import CardSpec, physical_limit
     from benchmarks.workloads import linear_weights
-    from drift_suite.extract import GenerationSettings
+    from drift_suite.measure.extract import GenerationSettings
     from tiny import tiny_model
 
     model = tiny_model(vocab_size=100)
@@ -176,10 +174,10 @@ def fp32_baseline_dir(tiny_checkpoint, tiny_personas, tmp_path):
     """A tiny baseline written by the runner in float32 on the CPU."""
     from dataclasses import replace
 
-    from drift_suite.config import DriftConfig
-    from drift_suite.conversations import Design
-    from drift_suite.extract import GenerationSettings
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import DriftConfig
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.extract import GenerationSettings
+    from drift_suite.gate.runner import DriftCheck
 
     config = replace(DriftConfig(), design=Design(**POLICY_DESIGN_KW), generation=GenerationSettings(max_new_tokens=6),
                      layers=(1, 2), n_boot=20, device="cpu", dtype="float32")
@@ -191,7 +189,7 @@ def fp32_baseline_dir(tiny_checkpoint, tiny_personas, tmp_path):
 def test_manifest_records_device_dtype_and_versions(fp32_baseline_dir):
     import json
 
-    from drift_suite.baseline import load_baseline, measured_placement
+    from drift_suite.gate.baseline import load_baseline, measured_placement
 
     folder, _ = fp32_baseline_dir
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -203,7 +201,7 @@ def test_manifest_records_device_dtype_and_versions(fp32_baseline_dir):
 
 
 def test_old_manifests_read_as_cpu_float32():
-    from drift_suite.baseline import check_placement, measured_placement
+    from drift_suite.gate.baseline import check_placement, measured_placement
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "baselines" / "manifest.json").read_text())["model"]
     assert "device_type" not in shipped
@@ -217,8 +215,8 @@ def test_a_bfloat16_run_against_a_float32_baseline_is_refused(fp32_baseline_dir,
     """End to end: the refusal comes before any measurement, one line naming both fixes."""
     from dataclasses import replace
 
-    from drift_suite.errors import BaselineError
-    from drift_suite.runner import DriftCheck
+    from drift_suite.common.errors import BaselineError
+    from drift_suite.gate.runner import DriftCheck
 
     folder, config = fp32_baseline_dir
     check = DriftCheck(tiny_checkpoint, folder, persona_set=tiny_personas, config=replace(config, dtype="bfloat16"),
@@ -235,7 +233,7 @@ def test_a_bfloat16_run_against_a_float32_baseline_is_refused(fp32_baseline_dir,
 
 
 def test_float32_crosses_devices_and_reduced_precision_does_not():
-    from drift_suite.baseline import check_placement
+    from drift_suite.gate.baseline import check_placement
 
     cpu32 = {"device_type": "cpu", "dtype": "float32"}
     h200 = {"device_type": "cuda", "gpu_name": "NVIDIA H200"}
@@ -248,9 +246,9 @@ def test_float32_crosses_devices_and_reduced_precision_does_not():
 
 
 def test_cached_measurements_are_not_shared_across_devices(tiny_personas):
-    from drift_suite.conversations import Design
-    from drift_suite.extract import GenerationSettings
-    from drift_suite.measure import measurement_key
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.extract import GenerationSettings
+    from drift_suite.measure.measurement import measurement_key
 
     args = ("digest", tiny_personas, Design(), GenerationSettings(), "bfloat16")
     assert measurement_key(*args) == measurement_key(*args, device="cpu")

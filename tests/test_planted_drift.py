@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite.baseline import create_baseline
-from drift_suite.compare import compare
-from drift_suite.config import Thresholds
-from drift_suite.conversations import Design
-from drift_suite.extract import GenerationSettings
-from drift_suite.measure import measure
-from drift_suite.models import embedding_fingerprint
+from drift_suite.gate.baseline import create_baseline
+from drift_suite.gate.compare import compare
+from drift_suite.gate.config import Thresholds
+from drift_suite.measure.conversations import Design
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.measure.measurement import measure
+from drift_suite.measure.models import embedding_fingerprint
 from planting import add_vector, contains_tokens, planted, rotate, rotation_in_plane
 
 DESIGN = Design(default_questions=4, role_prompts=2, role_questions=3)

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.extract import GenerationSettings, generate_and_capture
-from drift_suite.progress import ConsoleReporter, LineProgress, progress_text
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.extract import GenerationSettings, generate_and_capture
+from drift_suite.common.progress import ConsoleReporter, LineProgress, progress_text
 
 
 def test_progress_text_rate_and_eta():

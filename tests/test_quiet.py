@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from drift_suite.quiet import QUIET_LOGGERS, quiet_dependencies
+from drift_suite.common.quiet import QUIET_LOGGERS, quiet_dependencies
 
 
 def _warn_from(module: str) -> None:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO
-from drift_suite.baseline import load_baseline
+from drift_suite.gate.baseline import load_baseline
 
 pytestmark = pytest.mark.slow
 SHIPPED = REPO / "baselines"
@@ -79,10 +79,10 @@ def test_negligible_noise_passes(demo_model_dir, tmp_path):
 
 
 def test_one_pass_equals_two_pass_on_the_real_model(demo_model_dir):
-    from drift_suite.conversations import Design, build_conversations, render_prompts
-    from drift_suite.extract import GenerationSettings, generate_and_capture, reforward_answer_means
-    from drift_suite.models import load_model
-    from drift_suite.personas import builtin_persona_set
+    from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+    from drift_suite.measure.extract import GenerationSettings, generate_and_capture, reforward_answer_means
+    from drift_suite.measure.models import load_model
+    from drift_suite.measure.personas import builtin_persona_set
 
     loaded = load_model(demo_model_dir)
     prompts = render_prompts(loaded.tokenizer, build_conversations(builtin_persona_set(), Design(2, 1, 1)))[:12]
@@ -95,7 +95,7 @@ def test_one_pass_equals_two_pass_on_the_real_model(demo_model_dir):
 def test_two_step_grpo_run_gets_a_verdict(demo_model_dir, tmp_path):
     """Acceptance of the training issue: a 2-step LoRA run on GSM8K, then a verdict on final/ and the run."""
     from conftest import SHARED_DATA
-    from drift_suite.train import main as train
+    from drift_suite.train.trainer import main as train
 
     data = SHARED_DATA / "gsm8k" / "train.jsonl"
     if not data.is_file():

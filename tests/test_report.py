@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from drift_suite import svgplot
-from drift_suite.compare import Check
-from drift_suite.metrics import MIN_PAIRS_FOR_CI
-from drift_suite.report import _window_segments, build_context, render_report
+from drift_suite.outputs import plots as svgplot
+from drift_suite.gate.compare import Check
+from drift_suite.common.metrics import MIN_PAIRS_FOR_CI
+from drift_suite.outputs.report import _window_segments, build_context, render_report
 from report_example import example_report_data
 
 BASE_ANCHORS = ["projection", "rotation", "accessibility", "layer-profile", "accessibility-heatmap"]
@@ -217,9 +217,9 @@ def test_data_flows_one_way_runner_to_report() -> None:
         tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
         return {node.module.lstrip(".") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
 
-    assert not {"report", "report_data"} & imported("runner")
-    assert "report" not in imported("report_data")
-    assert not (package / "report_example.py").exists(), "example data is test data, not part of the package"
+    assert not [m for m in imported("gate/runner") if m.startswith("outputs")]
+    assert "report" not in imported("outputs/report_data")
+    assert not list(package.rglob("report_example.py")), "example data is test data, not part of the package"
 
 
 @pytest.mark.parametrize("n,ci,claimed,text", [
@@ -542,7 +542,7 @@ def _gate_outcome(failing_steps: set[int], warned_steps: frozenset[int] = frozen
 
 
 def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
-    from drift_suite.report_data import live_probe
+    from drift_suite.outputs.report_data import live_probe
 
     probe = live_probe(_probe_run_dir(tmp_path), _gate_outcome({6}, warned_steps=frozenset({4})))
     assert probe["steps"] == [2, 4, 6]
@@ -564,7 +564,7 @@ def test_live_probe_trajectory_and_stop_from_run_dir(tmp_path: Path) -> None:
 
 
 def test_live_probe_without_stop_or_sigma(tmp_path: Path) -> None:
-    from drift_suite.report_data import live_probe
+    from drift_suite.outputs.report_data import live_probe
 
     probe = live_probe(_probe_run_dir(tmp_path, stop=False, sigma=False))
     assert probe["stop"] is None and probe["projection_sigma"] == [None, None, None]

@@ -87,7 +87,9 @@ def test_demo_reward_hacking_stops_and_fails(demo_model_dir, tmp_path):
 
 def test_demo_scenario_wiring_without_models(tmp_path, monkeypatch):
     """Fast: the reward-hacking scenario trains with the style reward under --drift_stop and returns the suite's code."""
-    from drift_suite import cli, demo, train
+    from drift_suite import cli
+    from drift_suite import demo
+    from drift_suite.train import trainer as train
 
     calls: dict[str, list[str]] = {}
     monkeypatch.setattr(demo, "write_demo_model", lambda path: Path(path))
@@ -98,7 +100,7 @@ def test_demo_scenario_wiring_without_models(tmp_path, monkeypatch):
     assert code == 1  # the suite's FAIL is the demo's exit code in this scenario
     argv = calls["train"]
     flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
-    assert flag("--reward") == "drift_suite.style_rewards:lighthouse_keeper_style"
+    assert flag("--reward") == "drift_suite.train.style_rewards:lighthouse_keeper_style"
     assert flag("--drift_stop") == "3.0" and flag("--drift_every") == "2" and flag("--max_steps") == "30"
     assert os.environ["DRIFT_STYLE_MODEL"] == str((tmp_path / "smollm2-135m-instruct").resolve())
     assert calls["suite"][calls["suite"].index("--checkpoint") + 1] == str(tmp_path / "reward-hacking-run")

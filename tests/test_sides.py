@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite.baseline import create_baseline
-from drift_suite.compare import BOTH, SIDES, Check, Comparison, compare, verdict_line
-from drift_suite.config import DriftConfig, Sides
-from drift_suite.measure import measure
-from drift_suite.models import embedding_fingerprint
-from drift_suite.runner import DriftOutcome, StepResult
+from drift_suite.gate.baseline import create_baseline
+from drift_suite.gate.compare import BOTH, SIDES, Check, Comparison, compare, verdict_line
+from drift_suite.gate.config import DriftConfig, Sides
+from drift_suite.measure.measurement import measure
+from drift_suite.measure.models import embedding_fingerprint
+from drift_suite.gate.runner import DriftOutcome, StepResult
 from planting import add_vector, contains_tokens, planted
 from test_planted_drift import DESIGN, SETTINGS, STRICT
 
@@ -30,7 +30,7 @@ MORE_ROLE, LESS_ROLE = "pirate", "tutor"
 @pytest.fixture(scope="module")
 def planted_both_ways(tiny_checkpoint, tiny_personas):
     """The tiny model's baseline (all layers asserted) and one measurement carrying all four planted shifts."""
-    from drift_suite.models import load_model
+    from drift_suite.measure.models import load_model
 
     tiny = load_model(tiny_checkpoint)
     reference = measure(tiny, tiny_personas, DESIGN, SETTINGS, cache_dir=None, progress=False)
@@ -177,7 +177,7 @@ def _warn_instead(check: dict) -> dict:
 
 
 def test_report_shows_warnings_with_their_own_colour_count_and_table(tmp_path):
-    from drift_suite.report import render_report
+    from drift_suite.outputs.report import render_report
     from report_example import example_report_data
 
     data = example_report_data(with_trajectory=False, failing=True)
@@ -210,7 +210,7 @@ def n_projection_warned(data: dict) -> int:
 
 
 def test_report_of_old_data_without_status_has_no_warnings(tmp_path):
-    from drift_suite.report import render_report
+    from drift_suite.outputs.report import render_report
     from report_example import example_report_data
 
     data = example_report_data(with_trajectory=False, failing=True)
@@ -224,8 +224,8 @@ def test_the_baseline_records_nothing_about_sides(tiny_checkpoint, tmp_path):
     """Sides are a gate setting: a baseline written under any of them is the same file as one written under none."""
     import json
 
-    from drift_suite.config import config_from_options
-    from drift_suite.runner import DriftCheck
+    from drift_suite.gate.config import config_from_options
+    from drift_suite.gate.runner import DriftCheck
     from test_plugin import FAST_CONFIG
 
     (tmp_path / "pyproject.toml").write_text(FAST_CONFIG)

@@ -19,9 +19,9 @@ from test_plugin import run, suite  # noqa: F401  (the shipped suites with a fas
 pytest_plugins = ["pytester"]
 
 SHIFT_TOWARD_ASSISTANT = """
-import drift_suite.runner
+import drift_suite.gate.runner
 
-_measure = drift_suite.runner.measure
+_measure = drift_suite.gate.runner.measure
 
 
 def _shifted(*args, **kwargs):
@@ -35,10 +35,10 @@ def _shifted(*args, **kwargs):
 PYTEST_SHIFT = SHIFT_TOWARD_ASSISTANT + """
 
 def pytest_configure(config):
-    drift_suite.runner.measure = _shifted
+    drift_suite.gate.runner.measure = _shifted
 """
 NO_MODEL_LOADS = """
-import drift_suite.runner
+import drift_suite.gate.runner
 
 
 def _no_load(*args, **kwargs):
@@ -87,7 +87,7 @@ def test_a_shift_on_a_side_that_only_warns_passes_with_its_warning_everywhere(su
 
 
 def test_cli_lists_warnings_and_passes(tiny_checkpoint, baseline_dir, tmp_path):  # noqa: F811
-    script = SHIFT_TOWARD_ASSISTANT + "\ndrift_suite.runner.measure = _shifted\nimport sys\nfrom drift_suite.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    script = SHIFT_TOWARD_ASSISTANT + "\ndrift_suite.gate.runner.measure = _shifted\nimport sys\nfrom drift_suite.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     args = ["check", str(tiny_checkpoint), "--baseline-dir", str(baseline_dir), "--report", str(tmp_path / "r.html"), "--no-cache"]
     result = _cli(script, [*args, "--sides", "projection=toward_roles"], cwd=baseline_dir.parent)
     assert result.returncode == 0, result.stderr
@@ -112,7 +112,7 @@ BAD_SIDES = [
 
 @pytest.mark.parametrize("args,pyproject,message", BAD_SIDES, ids=["option", "pyproject"])
 def test_bad_sides_stop_pytest_before_any_model_loads(suite, tiny_checkpoint, baseline_dir, args, pyproject, message):  # noqa: F811
-    suite.makeconftest(NO_MODEL_LOADS + "\n\ndef pytest_configure(config):\n    drift_suite.runner.load_model = _no_load\n")
+    suite.makeconftest(NO_MODEL_LOADS + "\n\ndef pytest_configure(config):\n    drift_suite.gate.runner.load_model = _no_load\n")
     if pyproject:
         (suite.path / "pyproject.toml").write_text(pyproject)
     result = run(suite, "--checkpoint", str(tiny_checkpoint), "--baseline-dir", str(baseline_dir), *args)
@@ -125,7 +125,7 @@ def test_bad_sides_stop_pytest_before_any_model_loads(suite, tiny_checkpoint, ba
 
 @pytest.mark.parametrize("args,pyproject,message", BAD_SIDES, ids=["option", "pyproject"])
 def test_bad_sides_stop_the_cli_before_any_model_loads(tiny_checkpoint, baseline_dir, tmp_path, args, pyproject, message):  # noqa: F811
-    script = NO_MODEL_LOADS + "\ndrift_suite.runner.load_model = _no_load\nimport sys\nfrom drift_suite.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    script = NO_MODEL_LOADS + "\ndrift_suite.gate.runner.load_model = _no_load\nimport sys\nfrom drift_suite.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     (tmp_path / "pyproject.toml").write_text(pyproject or (baseline_dir.parent / "pyproject.toml").read_text())
     cli_args = [a.replace("--drift-sides", "--sides") for a in args]
     result = _cli(script, ["check", str(tiny_checkpoint), "--baseline-dir", str(baseline_dir), "--report", "none", *cli_args],

@@ -1,12 +1,12 @@
-"""The persona-pulling style reward (drift_suite.style_rewards) on a tiny model: seconds."""
+"""The persona-pulling style reward (drift_suite.train.style_rewards) on a tiny model: seconds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from drift_suite.personas import builtin_persona_set
-from drift_suite.style_rewards import LIGHTHOUSE_KEEPER, StyleScorer, lighthouse_keeper_style, make_style_reward
+from drift_suite.measure.personas import builtin_persona_set
+from drift_suite.train.style_rewards import LIGHTHOUSE_KEEPER, StyleScorer, lighthouse_keeper_style, make_style_reward
 
 PROMPT = [{"role": "user", "content": "Why do people like music?"}]
 
@@ -60,7 +60,7 @@ def test_the_character_is_none_of_the_suites_roles() -> None:
 
 
 def test_usable_as_a_train_reward_spec() -> None:
-    from drift_suite.rewards import resolve_reward
+    from drift_suite.train.rewards import resolve_reward
 
-    reward = resolve_reward("drift_suite.style_rewards:lighthouse_keeper_style")
+    reward = resolve_reward("drift_suite.train.style_rewards:lighthouse_keeper_style")
     assert reward.name == "lighthouse_keeper_style" and callable(reward.func)

@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from drift_suite.gsm8k import extract_answer, gold_answer, is_correct
-from drift_suite.synthetic import TEMPLATES, generate_problems, generate_records
+from drift_suite.train.gsm8k import extract_answer, gold_answer, is_correct
+from drift_suite.train.synthetic import TEMPLATES, generate_problems, generate_records
 
 ANNOTATION_RE = re.compile(r"<<([^=<>]+)=([^<>]+)>>(-?\d+)")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: Fraction}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite import train
-from drift_suite.train import (
+from drift_suite.train import trainer as train
+from drift_suite.train.trainer import (
     TrainArgs,
     build_grpo_config,
     build_peft_config,
@@ -132,14 +132,14 @@ def test_use_lora_switches_between_adapter_and_full_fine_tuning():
 
 
 def test_format_reward_adds_the_format_bonus():
-    from drift_suite.gsm8k import correctness_reward, format_reward
+    from drift_suite.train.gsm8k import correctness_reward, format_reward
 
     assert train.reward_functions(parse_args([])) == [correctness_reward]
     assert train.reward_functions(parse_args(["--format_reward"])) == [correctness_reward, format_reward]
 
 
 def test_drift_flags_add_the_probe_callback():
-    from drift_suite.callbacks import DriftProbeCallback, TrainingLogCallback
+    from drift_suite.train.callbacks import DriftProbeCallback, TrainingLogCallback
 
     (log_only,) = train.build_callbacks(parse_args([]))
     assert isinstance(log_only, TrainingLogCallback) and log_only.path == Path("checkpoints") / train.TRAIN_LOG
@@ -151,7 +151,7 @@ def test_drift_flags_add_the_probe_callback():
 def test_training_log_is_one_line_per_log_and_full_in_jsonl(tmp_path):
     from transformers import TrainerControl, TrainerState
 
-    from drift_suite.callbacks import TrainingLogCallback
+    from drift_suite.train.callbacks import TrainingLogCallback
 
     lines: list[str] = []
     callback, state = TrainingLogCallback(tmp_path / "train_log.jsonl", print_line=lines.append), TrainerState(max_steps=4)
@@ -180,7 +180,7 @@ def test_train_entry_point_silences_known_dependency_noise_only():
     import logging
     import warnings
 
-    from drift_suite.quiet import quiet_dependencies
+    from drift_suite.common.quiet import quiet_dependencies
 
     assert train.quiet_dependencies is quiet_dependencies  # the one filter set of the CLI and the plugin
     bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
@@ -216,7 +216,7 @@ def test_missing_dataset_file_is_a_one_line_error(tiny_checkpoint, capsys):
 
 
 def test_device_and_dtype_flags_pick_the_precision(tiny_checkpoint):
-    from drift_suite.errors import DriftSuiteError
+    from drift_suite.common.errors import DriftSuiteError
 
     model, _ = train.load_training_model(parse_args(["--model", str(tiny_checkpoint), "--dtype", "bfloat16"]))
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -333,9 +333,9 @@ PROBE_SETTINGS = {"max_new_tokens": 6}
 
 
 def _probe(tiny_personas, baseline_dir=None, every=2):
-    from drift_suite.callbacks import DriftProbeCallback
-    from drift_suite.conversations import Design
-    from drift_suite.extract import GenerationSettings
+    from drift_suite.train.callbacks import DriftProbeCallback
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.extract import GenerationSettings
 
     return DriftProbeCallback(
         every=every,
@@ -382,11 +382,11 @@ def test_probe_measures_a_planted_shift_along_the_baseline_axis(tiny, tiny_perso
     from planting import add_vector, planted
     from transformers import TrainerControl, TrainerState
 
-    from drift_suite.baseline import create_baseline, save_baseline
-    from drift_suite.conversations import Design
-    from drift_suite.extract import GenerationSettings
-    from drift_suite.measure import measure
-    from drift_suite.models import embedding_fingerprint
+    from drift_suite.gate.baseline import create_baseline, save_baseline
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.extract import GenerationSettings
+    from drift_suite.measure.measurement import measure
+    from drift_suite.measure.models import embedding_fingerprint
 
     design, settings = Design(default_questions=4, role_prompts=2, role_questions=3), GenerationSettings(max_new_tokens=12)
     full = measure(tiny, tiny_personas, design, settings, cache_dir=None, progress=False)
@@ -409,7 +409,7 @@ def test_probe_sees_through_a_peft_model(tiny_checkpoint, tiny_personas):
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerControl, TrainerState
 
-    from drift_suite.models import load_model
+    from drift_suite.measure.models import load_model
 
     peft_model = get_peft_model(load_model(tiny_checkpoint).model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     tokenizer = load_model(tiny_checkpoint).tokenizer
@@ -435,8 +435,8 @@ def test_grpo_run_on_a_tiny_model_writes_loadable_checkpoints(tmp_path, capsys):
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny import save_tiny_checkpoint
 
-    from drift_suite.models import find_run_checkpoints, load_model
-    from drift_suite.runner import read_reward_log
+    from drift_suite.measure.models import find_run_checkpoints, load_model
+    from drift_suite.gate.runner import read_reward_log
 
     base = save_tiny_checkpoint(tmp_path / "tiny-base")
     out = tmp_path / "run"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from drift_suite import train
-from drift_suite.rewards import CheckedReward, RewardFunctionError, checked, resolve_rewards
-from drift_suite.train import build_grpo_config, main, parse_args
+from drift_suite.train import trainer as train
+from drift_suite.train.rewards import CheckedReward, RewardFunctionError, checked, resolve_rewards
+from drift_suite.train.trainer import build_grpo_config, main, parse_args
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def reward_file(tmp_path) -> Path:
 
 
 def test_reward_specs_resolve_to_trl_reward_functions(reward_file, tmp_path, monkeypatch):
-    from drift_suite.gsm8k import correctness_reward, format_reward
+    from drift_suite.train.gsm8k import correctness_reward, format_reward
 
     (default,) = resolve_rewards(None)
     assert default.func is correctness_reward and default.name == "correctness_reward" and default.spec == "gsm8k"
@@ -201,7 +201,7 @@ def test_report_to_reaches_grpo_config(capsys, monkeypatch, tmp_path):
 
 
 def test_drift_stop_flags_reach_the_probe(capsys, monkeypatch, tmp_path):
-    from drift_suite.callbacks import DriftProbeCallback
+    from drift_suite.train.callbacks import DriftProbeCallback
 
     probe, _log = train.build_callbacks(parse_args(["--drift_every", "2", "--drift_stop", "3", "--drift_patience", "2"]))
     assert isinstance(probe, DriftProbeCallback) and probe.stop_sigma == 3.0 and probe.patience == 2
@@ -217,9 +217,9 @@ def test_drift_stop_flags_reach_the_probe(capsys, monkeypatch, tmp_path):
 
 
 def _probe(tiny_personas, **kwargs):
-    from drift_suite.callbacks import DriftProbeCallback
-    from drift_suite.conversations import Design
-    from drift_suite.extract import GenerationSettings
+    from drift_suite.train.callbacks import DriftProbeCallback
+    from drift_suite.measure.conversations import Design
+    from drift_suite.measure.extract import GenerationSettings
 
     return DriftProbeCallback(
         every=2, baseline_dir=None, persona_set=tiny_personas, design=Design(default_questions=3, role_prompts=1, role_questions=2),
@@ -242,7 +242,7 @@ def test_probe_measures_its_noise_floor_and_reads_planted_drift_in_sigma(tiny, t
     from planting import add_vector, planted
     from transformers import TrainerControl, TrainerState
 
-    from drift_suite.metrics import bootstrap_noise_floor
+    from drift_suite.common.metrics import bootstrap_noise_floor
 
     callback, state = _probe(tiny_personas), TrainerState()
     callback.on_train_begin(None, state, TrainerControl(), model=tiny.model, processing_class=tiny.tokenizer)
@@ -307,7 +307,7 @@ def test_drift_stop_saves_and_stops_after_patience_probes_past_k(tiny, tiny_pers
 def test_a_non_finite_probe_logs_one_error_and_training_goes_on(tiny, tiny_personas, monkeypatch, caplog):
     from transformers import TrainerControl, TrainerState
 
-    from drift_suite import errors
+    from drift_suite.common import errors
 
     kind = errors.NonFiniteError
     callback, state = _probe(tiny_personas, stop_sigma=3.0), TrainerState()
@@ -317,7 +317,7 @@ def test_a_non_finite_probe_logs_one_error_and_training_goes_on(tiny, tiny_perso
         raise kind("activations are NaN at layer 3")
 
     monkeypatch.setattr(callback, "probe", non_finite)
-    with caplog.at_level("ERROR", logger="drift_suite.callbacks"):
+    with caplog.at_level("ERROR", logger="drift_suite.train.callbacks"):
         control, logs = _step(callback, state, tiny.model, tiny.tokenizer, 2)
     assert not control.should_training_stop and "drift/projection" not in logs
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
@@ -328,7 +328,7 @@ def test_a_non_finite_probe_logs_one_error_and_training_goes_on(tiny, tiny_perso
 
 
 def test_summary_line_shows_sigma():
-    from drift_suite.callbacks import summary_line
+    from drift_suite.train.callbacks import summary_line
 
     entry = {"step": 4, "reward": 0.5, "drift/projection": -0.0421, "drift/projection_sigma": -2.14, "drift/rotation_deg": 2.25,
              "drift/rotation_rms": 0.81}
@@ -402,9 +402,8 @@ def test_probe_in_a_users_own_grpo_trainer_reaches_tensorboard(tiny_checkpoint, 
     from peft import LoraConfig
     from transformers.integrations import TensorBoardCallback
 
-    from drift_suite.callbacks import DriftProbeCallback
-    from drift_suite.gsm8k import load_gsm8k, to_prompt_dataset
-    from drift_suite.models import load_model
+    from drift_suite.train.gsm8k import load_gsm8k, to_prompt_dataset
+    from drift_suite.measure.models import load_model
 
     loaded = load_model(tiny_checkpoint)
     loaded.tokenizer.padding_side = "left"
@@ -451,7 +450,7 @@ def test_a_reward_failing_mid_run_is_one_line_exit_3_and_the_checkpoints_stay_re
     assert [line for line in err.splitlines() if "error" in line.lower()] == [err.splitlines()[-1]]
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert manifest["error"] == message and manifest["finished"] is None
-    from drift_suite.models import find_run_checkpoints
+    from drift_suite.measure.models import find_run_checkpoints
 
     saved = sorted(find_run_checkpoints(out))
     assert saved == ([1] if func == "fails_at_step_2" else [])
@@ -479,8 +478,8 @@ def test_probe_metric_drives_transformers_early_stopping(tiny_checkpoint, tiny_p
     from peft import LoraConfig
     from transformers import EarlyStoppingCallback
 
-    from drift_suite.gsm8k import load_gsm8k, to_prompt_dataset
-    from drift_suite.models import load_model
+    from drift_suite.train.gsm8k import load_gsm8k, to_prompt_dataset
+    from drift_suite.measure.models import load_model
 
     loaded = load_model(tiny_checkpoint)
     loaded.tokenizer.padding_side = "left"
@@ -525,8 +524,9 @@ def test_a_reward_model_that_cannot_load_is_one_line(tiny_checkpoint, tmp_path, 
 def test_a_reward_failing_on_another_rank_fails_this_one_with_its_line(monkeypatch):
     """Under several processes every rank raises the lowest failing rank's RewardFunctionError (exit 3), so no
     rank is left waiting in TRL's gather; a rank whose own reward failed raises its own line."""
-    from drift_suite import process, rewards
-    from drift_suite.errors import EXIT_MEASUREMENT_FAILED
+    from drift_suite.common import process
+    from drift_suite.train import rewards
+    from drift_suite.common.errors import EXIT_MEASUREMENT_FAILED
 
     monkeypatch.setattr(process, "process_context", lambda: process.ProcessContext(rank=0, world_size=2))
     monkeypatch.setattr(process, "all_gather_bytes", lambda payload: [payload, b"reward f returned nan for completion 1 at step 3"])

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import drift_suite.runner as runner
-from drift_suite.config import DriftConfig, Thresholds
-from drift_suite.conversations import Design
-from drift_suite.extract import GenerationSettings
-from drift_suite.metrics import spearman
-from drift_suite.models import load_model
-from drift_suite.report_data import build_report_data
+import drift_suite.gate.runner as runner
+from drift_suite.gate.config import DriftConfig, Thresholds
+from drift_suite.measure.conversations import Design
+from drift_suite.measure.extract import GenerationSettings
+from drift_suite.common.metrics import spearman
+from drift_suite.measure.models import load_model
+from drift_suite.outputs.report_data import build_report_data
 from planting import add_vector, planted
 
 LAYER = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from drift_suite.personas import PersonaSet
+from drift_suite.measure.personas import PersonaSet
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

@@ -1,7 +1,7 @@
 """The timed work of the GPU benchmark, as plain functions (the pytest tests and the CPU smoke test call them).
 
 ``speed_run`` times, on one random-weight model and the same prompts: the project's path
-(:func:`~drift_suite.extract.generate_and_capture`), the two-pass reference (HF ``generate`` + a hooked
+(:func:`~drift_suite.measure.extract.generate_and_capture`), the two-pass reference (HF ``generate`` + a hooked
 re-forward, :func:`benchmarks.workloads.two_pass_reference`), and sets them against the card's physical limit.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from benchmarks.gpu.shapes import SHAPES, card_spec, make_model, physical_limit
 from benchmarks.workloads import BENCH_DESIGN, encode, two_pass_reference
-from drift_suite.conversations import Design, build_conversations, render_prompts
-from drift_suite.extract import Extraction, GenerationSettings, generate_and_capture, plan_batches
-from drift_suite.personas import PersonaSet, builtin_persona_set
+from drift_suite.measure.conversations import Design, build_conversations, render_prompts
+from drift_suite.measure.extract import Extraction, GenerationSettings, generate_and_capture, plan_batches
+from drift_suite.measure.personas import PersonaSet, builtin_persona_set
 
 SETTINGS = GenerationSettings(max_new_tokens=48)
 SWITCHED_OFF = {

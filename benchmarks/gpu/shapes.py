@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.workloads import REPO, linear_weights, workload_flops
-from drift_suite.extract import GenerationSettings, plan_batches
+from drift_suite.measure.extract import GenerationSettings, plan_batches
 
 SHAPES: dict[str, dict[str, Any]] = {
     # A few-layer model of the demo's width family: the CPU smoke run of every code path, in seconds.
@@ -119,7 +119,7 @@ def make_model(shape: str, dtype: torch.dtype, device: str, source: Path) -> tor
 
 
 def load_tokenizer(source: Path) -> Any:
-    from drift_suite.models import load_tokenizer as checked_tokenizer
+    from drift_suite.measure.models import load_tokenizer as checked_tokenizer
 
     return checked_tokenizer(str(source), trust_remote_code=False, revision=None)
 

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.gpu.bench import FP32_TOLERANCE, design_cost, fp32_devices_agree, speed_run
 from benchmarks.gpu.shapes import LARGEST_SHAPE, bench_shapes, persona_dir
 from benchmarks.workloads import Timed
-from drift_suite.conversations import Design
+from drift_suite.measure.conversations import Design
 
 pytestmark = pytest.mark.gpu
 
@@ -51,7 +51,7 @@ def test_thorough_design(benchmark: Any, gpu_results: dict[str, Any], device: st
 
 def test_upstream_persona_set(benchmark: Any, gpu_results: dict[str, Any], device: str, tokenizer_source: Any) -> None:
     """The upstream 275-role persona set with the default design, on the largest shape in bf16."""
-    from drift_suite.personas import load_persona_dir
+    from drift_suite.measure.personas import load_persona_dir
 
     folder = persona_dir()
     if folder is None:
