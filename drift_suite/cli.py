@@ -7,7 +7,7 @@
     drift-suite train --model ... (see drift-suite train --help)
     drift-suite demo (the README's end-to-end demo)
 
-Exit codes (README, "Exit codes"): 0 pass, 1 drift, 2 bad command line or interrupted, 3 the model could not
+Exit codes (docs/options.md, "Exit codes"): 0 pass, 1 drift, 2 bad command line or interrupted, 3 the model could not
 be loaded or measured, 4 bad input (checkpoint, baseline, persona set, options).
 """
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; the exit code follows README's table (0 pass, 1 drift, 2 bad command line, 3 load
+    """Run the command line; the exit code follows the table in docs/options.md (0 pass, 1 drift, 2 bad command line, 3 load
     or measurement failure, 4 bad input): an error is never 0 or 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":

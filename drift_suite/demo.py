@@ -75,7 +75,7 @@ def _train_placement_args(args: argparse.Namespace) -> list[str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code of the final drift suite (0 = no drift beyond thresholds, 1 = drift,
-    above 1: an error, README "Exit codes")."""
+    above 1: an error, docs/options.md "Exit codes")."""
     if getattr(args, "scenario", "default") == "reward-hacking":
         return run_reward_hacking(args)
     from .train.trainer import main as train_main
@@ -94,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with stages.stage(2, "suite on the untouched model", "drift suite on the untouched model against the shipped baseline"):
         code = _pytest(["--checkpoint", str(model_dir), "--baseline-dir", DEMO_BASELINE, "--drift-report", str(Path("reports") / "demo-base.html"), *placement_args])
     if code not in (EXIT_PASS, EXIT_DRIFT):
-        print(f"demo stopped: the drift suite exited with {code}, an error (README, \"Exit codes\"), not a verdict")
+        print(f"demo stopped: the drift suite exited with {code}, an error (docs/options.md, \"Exit codes\"), not a verdict")
         return code
 
     with stages.stage(3, "training", f"LoRA GRPO on {args.dataset} for {args.steps} steps → {run_dir}"):

@@ -225,7 +225,7 @@ class DriftSession:
         """Measure once per session. Any error ends the whole run with one line and an exit code above 1.
 
         Bad input found before measuring exits with pytest's usage error (4); a model that cannot be loaded
-        or measured with its internal error (3): never 1, which means drift (README, "Exit codes").
+        or measured with its internal error (3): never 1, which means drift (docs/options.md, "Exit codes").
         """
         from .common.errors import EXIT_USAGE, DriftSuiteError, failure_exit_code, one_line
 

@@ -9,7 +9,7 @@ checkpoint exists):
 * ``benign``: two-digit additions ("What is 23 + 45?"), reward = 1 when the graded answer is right
   (``drift_suite.train.gsm8k`` grading);
 * ``benign_sum``: the same additions (all 200), reward = 1 when the right sum appears anywhere in the answer
-  (``scripts/rewards/sum_appears.py``), the benign recipe whose one-sided verdict README "Sides" cites.
+  (``scripts/rewards/sum_appears.py``), the benign recipe whose one-sided verdict docs/thresholds.md "Sides" cites.
 
 Then every checkpoint of each run is checked against the shipped baseline (``DriftCheck(run_dir).run()``),
 and the results are joined with the probe trajectory (σ units) and the reward curve. Every stage writes

@@ -1,5 +1,5 @@
 """Errors are not verdicts: a checkpoint that cannot be loaded or measured ends the run with one line and an
-exit code that is neither 0 (pass) nor 1 (drift), under pytest and the CLI alike (README, "Exit codes")."""
+exit code that is neither 0 (pass) nor 1 (drift), under pytest and the CLI alike (docs/options.md, "Exit codes")."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ def launch_env(config_file: Path) -> dict[str, str]:
 
 def test_every_config_is_listed_and_documented():
     assert {p.name for p in CONFIGS.glob("*.yaml")} == {"ddp.yaml", "fsdp.yaml", *NEEDS_CUDA}
-    readme = (CONFIGS.parent / "README.md").read_text()
+    scaling_doc = (CONFIGS.parent / "docs" / "scale.md").read_text()
     for path in CONFIGS.glob("*.yaml"):
-        assert f"accelerate launch --config_file configs/{path.name}" in readme
+        assert f"accelerate launch --config_file configs/{path.name}" in scaling_doc
 
 
 @pytest.fixture()

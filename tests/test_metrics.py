@@ -130,7 +130,7 @@ def test_spearman_bootstrap_equals_resampling_by_hand():
 
 
 def test_spearman_ci_only_where_the_bootstrap_has_support():
-    # 4 saved steps (as in README's demo): too few for an interval
+    # 4 saved steps (as in the demo, docs/demo.md): too few for an interval
     reward, drift = np.array([0.1, 0.4, 0.2, 0.5]), np.array([1.0, 2.0, 3.0, 4.0])
     assert metrics.spearman(reward, drift) == pytest.approx(0.8)
     assert all(np.isnan(metrics.spearman_bootstrap_ci(reward, drift)))

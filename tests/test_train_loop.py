@@ -473,7 +473,7 @@ def test_a_reward_model_dir_is_loaded_by_trl_and_logged_under_its_name(tiny_chec
 
 
 def test_probe_metric_drives_transformers_early_stopping(tiny_checkpoint, tiny_personas, tmp_path, caplog):
-    """The README how-to: metric_for_best_model="drift/sigma" with EarlyStoppingCallback (it reads eval_drift/sigma)."""
+    """The how-to in docs/training.md: metric_for_best_model="drift/sigma" with EarlyStoppingCallback (it reads eval_drift/sigma)."""
     import trl
     from peft import LoraConfig
     from transformers import EarlyStoppingCallback

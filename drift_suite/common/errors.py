@@ -1,7 +1,7 @@
 """Errors a user can act on, and the exit codes that keep "broken" apart from "drift".
 
 Each error carries a one-line message, never a traceback in the CLI or the plugin. The exit codes are the
-same under pytest and ``drift-suite check`` (README, "Exit codes"): a CI job reads 1 as drift and anything
+same under pytest and ``drift-suite check`` (docs/options.md, "Exit codes"): a CI job reads 1 as drift and anything
 above 1 as a run that could not give a verdict.
 """
 

@@ -44,7 +44,7 @@ def fails_on_side(family: str, delta: float, failing_side: str) -> bool:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a difference from the baseline counts as drift. See README "Thresholds" for the measurements."""
+    """When a difference from the baseline counts as drift. See docs/thresholds.md for the measurements."""
 
     k_sigma: float = 3.0
     """Projection and accessibility fail beyond ``k_sigma`` bootstrap standard deviations from the baseline ..."""
